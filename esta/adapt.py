@@ -1,0 +1,185 @@
+"""Parameter-efficient stitch fine-tuning, PST (ESTA §3; spec §5), and SN-Net's full fine-tuning.
+
+PST freezes the anchors and the least-squares-initialised stitching layers and trains
+- a *shared* (stitch-agnostic) LoRA, injected with peft into the self-attention projections of every
+  anchor block and into every stitching layer: all stitches passing through a module share its LoRA;
+- *stitch-specific biases*: every stitch owns a copy of the bias of each ``nn.Linear`` on its path
+  (qkv, proj, fc1, fc2, its stitching layer, its head), initialised from the pretrained bias;
+- the anchors' classification heads (weights shared by the stitches ending in that anchor).
+
+Stitch-specific biases are separate ``nn.Parameter`` objects (one ``ParameterDict`` per stitch), so
+biases of stitches not sampled in a step get ``grad=None`` and AdamW leaves them untouched (no
+momentum, no decay). They are passed into the forward with ``torch.func.functional_call``; the
+stitch is an argument, never stored state.
+
+``mode="full"`` is SN-Net's direct adaptation: every parameter of anchors, stitching layers and
+heads trains. ``stitch_biases=False`` is the ablation where PST trains the shared biases instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from esta.stitch import StitchedViT
+
+__all__ = ["AdaptConfig", "AdaptedModel", "adapt", "LORA_TARGETS"]
+
+# Self-attention projections of every anchor block, and every stitching layer. A bare "proj" would
+# also match patch_embed.proj (a Conv2d), so the attention modules are matched by their full path.
+LORA_TARGETS = {
+    "attn": r".*\.attn\.(qkv|proj)|stitch_layers\.\d+\.\d+",
+    "attn_mlp": r".*\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))|stitch_layers\.\d+\.\d+",
+}
+_SEP = ":"  # nn.ParameterDict keys may not contain "."
+
+
+@dataclass
+class AdaptConfig:
+    """Which parameters train. ``mode`` is "pst" (ESTA) or "full" (SN-Net)."""
+
+    mode: str = "pst"
+    rank: int = 8
+    alpha: float | None = None  # None: alpha = rank, so the LoRA scaling is 1 [decision]
+    dropout: float = 0.0
+    targets: str = "attn"
+    stitch_biases: bool = True
+
+    def __post_init__(self):
+        if self.mode not in ("pst", "full"):
+            raise ValueError(f"adapt mode must be 'pst' or 'full', got {self.mode!r}")
+        if self.rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        if self.targets not in LORA_TARGETS:
+            raise ValueError(f"unknown LoRA targets {self.targets!r}; known: {sorted(LORA_TARGETS)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _linear_biases(net: StitchedViT) -> list[str]:
+    """Names of the biases of every ``nn.Linear`` in the net (peft's own A/B layers have none)."""
+    return [
+        f"{name}.bias"
+        for name, m in net.named_modules()
+        if isinstance(m, nn.Linear) and m.bias is not None
+    ]
+
+
+class AdaptedModel(nn.Module):
+    """A ``StitchedViT`` with its trainable set settled: ``model(x, stitch_id)`` -> logits."""
+
+    def __init__(self, net: StitchedViT, cfg: AdaptConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.net = net
+        if cfg.mode == "full":
+            net.requires_grad_(True)
+            self.biases = None
+            return
+        # peft pulls in transformers (seconds of import time), so only PST imports it.
+        from peft import LoraConfig, inject_adapter_in_model
+
+        lora = LoraConfig(
+            r=cfg.rank,
+            lora_alpha=cfg.rank if cfg.alpha is None else cfg.alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=LORA_TARGETS[cfg.targets],
+            bias="none",
+        )
+        inject_adapter_in_model(lora, net)  # sets requires_grad=False on every non-LoRA parameter
+        if not any("lora_" in n for n, _ in net.named_parameters()):
+            raise ValueError(f"LoRA targets {LORA_TARGETS[cfg.targets]!r} matched no module")
+        # Heads are new for the task: their weights train, shared by the stitches ending there.
+        for anchor in net.anchors:
+            anchor.head.weight.requires_grad_(True)
+        bias_names = _linear_biases(net)
+        params = dict(net.named_parameters())
+        if cfg.stitch_biases:
+            self.biases = nn.ModuleDict(
+                {
+                    str(s.stitch_id): nn.ParameterDict(
+                        {
+                            n.replace(".", _SEP): nn.Parameter(params[n].detach().clone())
+                            for n in bias_names
+                            if net.on_path(n, s.stitch_id)
+                        }
+                    )
+                    for s in net.table
+                }
+            )
+        else:
+            self.biases = None
+            for n in bias_names:
+                params[n].requires_grad_(True)
+
+    @property
+    def table(self):
+        return self.net.table
+
+    @property
+    def shares_prefix(self) -> bool:
+        """Whether stitches with the same front anchor share the parameters of their prefix."""
+        return self.biases is None
+
+    def stitch_biases(self, stitch_id: int) -> dict[str, nn.Parameter]:
+        """Stitch ``stitch_id``'s own biases keyed by the net parameter they stand in for."""
+        self.net.stitch(stitch_id)  # range check
+        return {k.replace(_SEP, "."): p for k, p in self.biases[str(stitch_id)].items()}
+
+    def forward(self, x: torch.Tensor, stitch_id: int) -> torch.Tensor:
+        if self.biases is None:
+            return self.net(x, stitch_id)
+        return functional_call(self.net, self.stitch_biases(stitch_id), (x, stitch_id))
+
+    def importance_params(self, stitch_id: int) -> list[nn.Parameter]:
+        """Θ_s of spec §6: the stitch's own biases (shared ones in the ablation) plus the LoRA
+        parameters on its path. Empty in full mode, where SN-Net samples uniformly."""
+        if self.cfg.mode == "full":
+            return []
+        lora = [
+            p for n, p in self.net.named_parameters() if "lora_" in n and self.net.on_path(n, stitch_id)
+        ]
+        if self.biases is not None:
+            return list(self.biases[str(stitch_id)].values()) + lora
+        shared = [
+            p
+            for n, p in self.net.named_parameters()
+            if n in set(_linear_biases(self.net)) and self.net.on_path(n, stitch_id)
+        ]
+        return shared + lora
+
+    def trainable(self) -> dict[str, nn.Parameter]:
+        """Every parameter that trains, by qualified name."""
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def param_groups(self, lr: float, lr_anchor: float | None, weight_decay: float) -> list[dict]:
+        """AdamW groups: in full mode SN-Net's anchor weights take ``lr_anchor`` and the stitching
+        layers and heads ``lr``; in PST everything takes ``lr``."""
+        slow, fast = [], []
+        for n, p in self.trainable().items():
+            is_anchor_weight = n.startswith("net.anchors.") and ".head." not in n
+            (slow if lr_anchor is not None and is_anchor_weight else fast).append(p)
+        groups = [dict(params=fast, lr=lr, weight_decay=weight_decay)]
+        if slow:
+            groups.append(dict(params=slow, lr=lr_anchor, weight_decay=weight_decay))
+        return groups
+
+
+def adapt(net: StitchedViT, cfg: AdaptConfig) -> AdaptedModel:
+    """Settle the trainable set of ``net`` in place and wrap it; see the module docstring."""
+    return AdaptedModel(net, cfg)
+
+
+def count_trainable(model: AdaptedModel) -> int:
+    return sum(p.numel() for p in model.trainable().values())
+
+
+def lora_names(model: AdaptedModel) -> list[str]:
+    return [n for n in model.trainable() if re.search(r"lora_[AB]", n)]

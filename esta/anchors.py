@@ -1,0 +1,128 @@
+"""Anchor families: pretrained ViTs of one depth and increasing width (ESTA §3, spec §1, §8).
+
+A family is a row of data, as in nanoGPT's model table: each anchor is a timm model name plus the
+``create_model`` keyword arguments that shape it. timm builds every ViT, the paper's ViT-Ti/S/B as
+well as the tiny family of the embedded default; there is no second ViT implementation here.
+
+Weights come only from local files (``create_model(..., pretrained=True,
+pretrained_cfg_overlay=dict(file=path, num_classes=<classes in the file>))``); with no file the
+anchor is randomly initialised. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+__all__ = ["AnchorSpec", "FAMILIES", "family", "build_anchor", "build_family", "check_family"]
+
+
+@dataclass(frozen=True)
+class AnchorSpec:
+    """One anchor: a timm model name, the kwargs that shape it, and its pretraining head size."""
+
+    name: str  # short name used in tables, e.g. "ViT-Ti"
+    timm_name: str
+    kwargs: dict = field(default_factory=dict)
+    # Classes of the head stored in the pretrained file (IN-21K for augreg_in21k); used to load it.
+    pretrained_classes: int = 1000
+
+
+_IN21K = 21843
+
+FAMILIES: dict[str, tuple[AnchorSpec, ...]] = {
+    # The paper's family (spec §8). The `.augreg_in21k` tag matters: the untagged name resolves to
+    # an IN-1K fine-tuned pretrained cfg.
+    "vit-ti-s-b": (
+        AnchorSpec("ViT-Ti", "vit_tiny_patch16_224.augreg_in21k", {}, _IN21K),
+        AnchorSpec("ViT-S", "vit_small_patch16_224.augreg_in21k", {}, _IN21K),
+        AnchorSpec("ViT-B", "vit_base_patch16_224.augreg_in21k", {}, _IN21K),
+    ),
+    "deit-ti-s-b": (
+        AnchorSpec("DeiT-Ti", "deit_tiny_patch16_224.fb_in1k", {}, 1000),
+        AnchorSpec("DeiT-S", "deit_small_patch16_224.fb_in1k", {}, 1000),
+        AnchorSpec("DeiT-B", "deit_base_patch16_224.fb_in1k", {}, 1000),
+    ),
+    # The embedded default: 32 px, patch 8 (16 tokens + cls), depth 6, head dim 16 with the paper's
+    # head counts 3/6/12, so widths 48/96/192 mirror Ti/S/B at ~1/4 width.
+    "embedded": tuple(
+        AnchorSpec(
+            name,
+            "vit_tiny_patch16_224",
+            dict(img_size=32, patch_size=8, embed_dim=16 * heads, depth=6, num_heads=heads),
+            100,
+        )
+        for name, heads in (("Ti-32", 3), ("S-32", 6), ("B-32", 12))
+    ),
+}
+
+
+def family(name: str) -> tuple[AnchorSpec, ...]:
+    """The anchor specs of a family, small to large; an unknown name lists the known ones."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown anchor family {name!r}; known families: {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def build_anchor(spec: AnchorSpec, num_classes: int, weights: str | Path | None = None) -> nn.Module:
+    """Build one anchor with a fresh ``num_classes`` head, loading a local weight file if given."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    kwargs = dict(spec.kwargs, num_classes=num_classes)
+    if weights is None:
+        return timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"weight file for {spec.name} not found: {path} (expected a timm state dict in "
+            f".safetensors, .pth or .npz format for {spec.timm_name})"
+        )
+    overlay = dict(file=str(path), num_classes=spec.pretrained_classes)
+    try:
+        return timm.create_model(
+            spec.timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
+        )
+    except RuntimeError as err:  # timm's load_state_dict reports size mismatches as RuntimeError
+        raise ValueError(
+            f"weight file {path} does not fit {spec.name} ({spec.timm_name}, {spec.kwargs}): {err}"
+        ) from err
+
+
+def check_family(anchors: list[nn.Module]) -> None:
+    """Anchors of one family must share depth and patch grid and be ordered by width."""
+    if not anchors:
+        raise ValueError("an anchor family needs at least one anchor")
+    depths = [len(a.blocks) for a in anchors]
+    widths = [a.embed_dim for a in anchors]
+    tokens = [a.patch_embed.num_patches + a.num_prefix_tokens for a in anchors]
+    if len(set(depths)) != 1:
+        raise ValueError(f"anchors must have equal depth, got depths {depths}")
+    if len(set(tokens)) != 1:
+        raise ValueError(f"anchors must have equal token counts, got {tokens}")
+    if any(b <= a for a, b in zip(widths, widths[1:])):
+        raise ValueError(f"anchors must be ordered by strictly increasing width, got widths {widths}")
+
+
+def build_family(
+    name: str, num_classes: int, weights: list[str | Path | None] | None = None
+) -> list[nn.Module]:
+    """Build every anchor of a family (small to large), each with a ``num_classes`` head."""
+    specs = family(name)
+    weights = [None] * len(specs) if weights is None else list(weights)
+    if len(weights) != len(specs):
+        raise ValueError(
+            f"family {name!r} has {len(specs)} anchors but {len(weights)} weight files were given"
+        )
+    anchors = [build_anchor(s, num_classes, w) for s, w in zip(specs, weights)]
+    check_family(anchors)
+    return anchors
+
+
+def meta_family(name: str, num_classes: int) -> list[nn.Module]:
+    """The family on the meta device: shapes only, for FLOPs and parameter counts in milliseconds."""
+    with torch.device("meta"):
+        return build_family(name, num_classes)

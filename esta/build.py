@@ -1,0 +1,189 @@
+"""Assemble models from workflow artifacts: anchors from weight files, stitching layers, trained
+state (spec §4-§7). Every artifact is safetensors with its settings in the metadata, and loading
+checks that the file fits the model, naming the file when it does not."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from esta.adapt import AdaptConfig, AdaptedModel, adapt
+from esta.anchors import build_anchor, check_family, family
+from esta.runtime import atomic_path
+from esta.stitch import StitchedViT
+
+__all__ = [
+    "save_tensors",
+    "load_tensors_file",
+    "load_anchor",
+    "load_anchors",
+    "assemble",
+    "anchor_arch",
+    "open_task",
+    "adapt_config",
+]
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, meta: dict | None = None) -> None:
+    """safetensors, written atomically, with ``meta`` as JSON in the header."""
+    state = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    tmp = atomic_path(path)
+    save_file(state, str(tmp), metadata={"esta": json.dumps(meta or {}, default=str)})
+    os.replace(tmp, path)
+
+
+def load_tensors_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and the ``esta`` metadata of a safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads((f.metadata() or {}).get("esta", "{}"))
+    return load_file(str(path)), meta
+
+
+def anchor_arch(family_name: str) -> list[dict]:
+    """timm name and kwargs of each anchor, for exported stitches to rebuild themselves."""
+    return [dict(name=s.name, timm_name=s.timm_name, kwargs=s.kwargs) for s in family(family_name)]
+
+
+def load_anchor(spec, num_classes: int, weights: str | Path | None = None, stored_classes: int | None = None):
+    """One anchor with a ``num_classes`` head from a local timm-format weight file (or random).
+
+    ``stored_classes`` is the head size stored in the file: the head is kept when it equals
+    ``num_classes`` (SN-Net's adapted anchors) and re-initialised otherwise. By default it is read
+    from the ``num_classes`` metadata of files this workflow wrote, else the family's.
+    """
+    if stored_classes is None and weights is not None and str(weights).endswith(".safetensors"):
+        stored_classes = load_tensors_file(weights)[1].get("num_classes")
+    if stored_classes is not None:
+        spec = type(spec)(spec.name, spec.timm_name, spec.kwargs, stored_classes)
+    return build_anchor(spec, num_classes, weights)
+
+
+def load_anchors(
+    family_name: str,
+    num_classes: int,
+    weights: list[str | Path] | None = None,
+    stored_classes: list[int] | None = None,
+) -> list[nn.Module]:
+    """Every anchor of a family via ``load_anchor``, checked to form a family."""
+    specs = family(family_name)
+    weights = [None] * len(specs) if weights is None else list(weights)
+    stored_classes = [None] * len(specs) if stored_classes is None else list(stored_classes)
+    if len(weights) != len(specs):
+        raise ValueError(f"family {family_name!r} has {len(specs)} anchors, got {len(weights)} weight files")
+    anchors = [load_anchor(s, num_classes, w, c) for s, w, c in zip(specs, weights, stored_classes)]
+    check_family(anchors)
+    return anchors
+
+
+def _load_strict(module: nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    bad = [k for k in tensors if k in own and own[k].shape != tensors[k].shape]
+    if missing or unexpected or bad:
+        raise ValueError(
+            f"{path} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}, "
+            f"wrong shape {bad[:3]}"
+        )
+    module.load_state_dict(tensors)
+
+
+def assemble(
+    family_name: str,
+    num_classes: int,
+    anchor_files: list[str | Path],
+    stitch_file: str | Path | None = None,
+    adapt_cfg: AdaptConfig | None = None,
+    state_file: str | Path | None = None,
+    stored_classes: list[int] | None = None,
+) -> AdaptedModel:
+    """Anchors -> StitchedViT (+ LS-initialised stitching layers) -> trainable set (+ trained state)."""
+    net = StitchedViT(load_anchors(family_name, num_classes, anchor_files, stored_classes))
+    if stitch_file is not None:
+        tensors, _ = load_tensors_file(stitch_file)
+        _load_strict(net.stitch_layers, tensors, stitch_file)
+    model = adapt(net, adapt_cfg or AdaptConfig())
+    if state_file is not None:
+        tensors, _ = load_tensors_file(state_file)
+        trainable = model.trainable()
+        if set(tensors) != set(trainable):
+            extra = sorted(set(tensors) ^ set(trainable))[:3]
+            raise ValueError(f"{state_file} was trained with other settings (differing keys {extra})")
+        with torch.no_grad():
+            for k, v in tensors.items():
+                if trainable[k].shape != v.shape:
+                    raise ValueError(f"{state_file}: {k} has shape {tuple(v.shape)}, model has {tuple(trainable[k].shape)}")
+                trainable[k].copy_(v)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Task data from a manifest (written by the data rules)
+
+_IN_MEMORY_BYTES = 1 << 30  # decode a split once into RAM when it fits in 1 GiB as float32
+
+
+def write_manifest(path: str | Path, task_dir: str | Path, task: str, num_classes: int) -> dict:
+    """Describe a task folder: its root, classes, list files with line counts and checksums."""
+    import hashlib
+
+    task_dir = Path(task_dir)
+    lists = {}
+    for f in sorted(task_dir.glob("*.txt")):
+        text = f.read_bytes()
+        lists[f.stem] = dict(lines=text.count(b"\n"), sha256=hashlib.sha256(text).hexdigest())
+    manifest = dict(task=task, root=str(task_dir), num_classes=num_classes, splits=lists)
+    from esta.runtime import write_json
+
+    write_json(path, manifest)
+    return manifest
+
+
+def read_manifest(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data manifest not found: {path}")
+    return json.loads(path.read_text())
+
+
+def open_task(manifest: str | Path | dict, split: str, img_size: int, num_workers: int = 0):
+    """Split ``split`` of the task a manifest describes; small splits come back as tensors in RAM."""
+    from torch.utils.data import TensorDataset
+
+    from esta.data import VtabFolder, eval_transform, load_tensors
+
+    m = manifest if isinstance(manifest, dict) else read_manifest(manifest)
+    ds = VtabFolder(m["root"], split, m["num_classes"], eval_transform(img_size))
+    if len(ds) * 3 * img_size * img_size * 4 <= _IN_MEMORY_BYTES:
+        return TensorDataset(*load_tensors(ds, num_workers=num_workers))
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------
+# Method settings from the workflow's config slices
+
+
+def adapt_config(method: str, method_cfg: dict) -> AdaptConfig:
+    """ESTA's PST settings from the `esta` slice; SN-Net trains everything."""
+    if method == "snnet":
+        return AdaptConfig(mode="full")
+    if method != "esta":
+        raise ValueError(f"unknown method {method!r}; expected 'esta' or 'snnet'")
+    lora = method_cfg["lora"]
+    return AdaptConfig(
+        mode="pst",
+        rank=lora["rank"],
+        alpha=lora["alpha"],
+        dropout=lora["dropout"],
+        targets=lora["targets"],
+        stitch_biases=method_cfg["stitch_biases"],
+    )

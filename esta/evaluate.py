@@ -1,0 +1,78 @@
+"""Top-1 accuracy of stitches on a split (ESTA §4; spec §7 `deploy`, §9).
+
+Where stitches share their front prefix's parameters (SN-Net, or PST without stitch-specific
+biases), each front anchor's blocks run once per batch and every stitch starting from that anchor
+reuses the cached block outputs: SN-Net's evaluate-all selection then costs about 80 % of one
+forward per stitch for ViT-Ti/S/B. ESTA stitches own their biases in every block, so each runs its
+own forward.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from esta.adapt import AdaptedModel
+
+__all__ = ["evaluate", "predict"]
+
+
+def _loader(data: Dataset, batch_size: int, num_workers: int):
+    if isinstance(data, TensorDataset):
+        n = len(data)
+        for i in range(0, n, batch_size):
+            yield tuple(t[i : i + batch_size] for t in data.tensors)
+    else:
+        yield from DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+@torch.no_grad()
+def predict(model: AdaptedModel, x: torch.Tensor, stitch_ids: list[int]) -> dict[int, torch.Tensor]:
+    """Logits of each stitch for one batch, reusing front prefixes where parameters are shared."""
+    if not model.shares_prefix:
+        return {sid: model(x, sid) for sid in stitch_ids}
+    net = model.net
+    by_front = defaultdict(list)
+    for sid in stitch_ids:
+        by_front[net.stitch(sid).front].append(sid)
+    out = {}
+    for front, sids in by_front.items():
+        cuts = [net.depth - 1 if net.table[s].is_anchor else net.table[s].j for s in sids]
+        states = net.front_states(x, front, upto=max(cuts))
+        for sid, cut in zip(sids, cuts):
+            out[sid] = net.tail(states[cut], sid)
+    return out
+
+
+@torch.no_grad()
+def evaluate(
+    model: AdaptedModel,
+    data: Dataset,
+    stitch_ids: list[int] | None = None,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+) -> dict[int, float]:
+    """Accuracy in [0, 1] of every stitch in ``stitch_ids`` (all by default) on ``data``."""
+    device = torch.device(device)
+    ids = list(range(model.net.num_stitches)) if stitch_ids is None else list(stitch_ids)
+    for sid in ids:
+        model.net.stitch(sid)  # range check before any work
+    was_training = model.training
+    model.to(device).eval()
+    correct = dict.fromkeys(ids, 0)
+    total = 0
+    use_amp = device.type == "cuda"
+    for x, y in _loader(data, batch_size, num_workers):
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = predict(model, x, ids)
+        for sid, lg in logits.items():
+            correct[sid] += (lg.argmax(-1) == y).sum().item()
+        total += y.numel()
+    model.train(was_training)
+    if total == 0:
+        raise ValueError("evaluation split is empty")
+    return {sid: correct[sid] / total for sid in ids}

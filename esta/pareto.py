@@ -1,0 +1,81 @@
+"""FLOPs intervals, Pareto fronts and suite averages for deployed stitches (ESTA §4, Fig. 1; spec §6, §9).
+
+Both methods deploy one stitch per FLOPs interval: the range of all stitches' MACs (head excluded)
+is split into K equal intervals. A suite-average curve takes, for interval i, the mean over tasks of
+the accuracy of the stitch deployed in interval i, placed at the mean of their MACs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["interval_edges", "assign_intervals", "pareto_front", "suite_average", "deployed_curves"]
+
+
+def interval_edges(macs: np.ndarray | pd.Series, k: int) -> np.ndarray:
+    """K+1 edges of K equal intervals spanning [min(macs), max(macs)]."""
+    if k < 1:
+        raise ValueError(f"number of intervals must be >= 1, got {k}")
+    macs = np.asarray(macs, dtype=float)
+    return np.linspace(macs.min(), macs.max(), k + 1)
+
+
+def assign_intervals(macs: np.ndarray | pd.Series, k: int) -> np.ndarray:
+    """Interval index 0..K-1 of each value; the top edge belongs to the last interval."""
+    macs = np.asarray(macs, dtype=float)
+    edges = interval_edges(macs, k)
+    return np.clip(np.searchsorted(edges, macs, side="right") - 1, 0, k - 1)
+
+
+def pareto_front(df: pd.DataFrame, x: str = "gmacs", y: str = "accuracy") -> pd.DataFrame:
+    """Rows not dominated by another row (lower-or-equal x and higher-or-equal y, one strictly),
+    sorted by x."""
+    d = df.sort_values([x, y], ascending=[True, False])
+    best = -np.inf
+    keep = []
+    for idx, yv in zip(d.index, d[y]):
+        if yv > best:
+            keep.append(idx)
+            best = yv
+    return d.loc[keep]
+
+
+def suite_average(deployed: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
+    """Mean over tasks of the accuracy and MACs of the stitch deployed in each interval.
+
+    ``deployed`` has one row per (task, interval) with columns ``task, interval, gmacs, accuracy``
+    plus the grouping columns ``by`` (e.g. method, seed). Anchors deployed outside the interval
+    choice carry ``interval = -1 - anchor index`` and are averaged the same way.
+    """
+    by = list(by or [])
+    g = deployed.groupby(by + ["interval"], as_index=False)
+    out = g.agg(gmacs=("gmacs", "mean"), accuracy=("accuracy", "mean"), n_tasks=("task", "nunique"))
+    return out.sort_values(by + ["gmacs"]).reset_index(drop=True)
+
+
+def deployed_curves(deployed: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
+    """Accuracy-vs-FLOPs points of the deployed stitches, mean ± std over seeds.
+
+    ``deployed`` is the tidy table of deployed stitches (method, task, seed, stitch_id, front, end,
+    interval, reason, gmacs, test_accuracy, trainable_params). Within each group of ``by`` (default
+    method) and seed, point i averages over tasks the stitch deployed in interval i; anchors, always
+    deployed, are points of their own with ``interval = -1 - anchor`` and ``anchor = True``.
+    """
+    by = list(by or ["method"])
+    d = deployed.rename(columns={"test_accuracy": "accuracy"})
+    curve = d[d["reason"] == "interval"]
+    anchors = d[d["front"] == d["end"]].assign(interval=lambda t: -1 - t["front"])
+    per_seed = suite_average(pd.concat([curve, anchors]), by=by + ["seed"])
+    out = per_seed.groupby(by + ["interval"], as_index=False).agg(
+        gmacs=("gmacs", "mean"),
+        accuracy=("accuracy", "mean"),
+        accuracy_std=("accuracy", "std"),
+        n_seeds=("seed", "nunique"),
+        n_tasks=("n_tasks", "min"),
+    )
+    out["accuracy_std"] = out["accuracy_std"].fillna(0.0)
+    out["anchor"] = out["interval"] < 0
+    params = deployed.groupby("method")["trainable_params"].mean().round().astype(int)
+    out["trainable_params"] = out["method"].map(params)
+    return out.sort_values(by + ["anchor", "gmacs"]).reset_index(drop=True)

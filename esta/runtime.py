@@ -1,0 +1,103 @@
+"""Run-time plumbing shared by the workflow scripts: logging, threads, device, provenance and
+atomic writes (STYLE: artifacts describe themselves; outputs are written atomically)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import resource
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+__all__ = [
+    "start",
+    "provenance",
+    "peak_rss_mb",
+    "write_json",
+    "write_csv",
+    "atomic_path",
+]
+
+
+def start(log_file: str | Path | None, threads: int) -> logging.Logger:
+    """Send warnings, tqdm and logging of a workflow job to its log file and size torch's threads.
+
+    ``threads`` is the rule's ``threads:``; torch never gets more threads than the machine has, so
+    a ``--cores`` larger than the machine does not oversubscribe inside a job.
+    """
+    if log_file is not None:
+        stream = open(log_file, "a", buffering=1)  # noqa: SIM115 - lives as long as the job
+        sys.stderr = stream
+    n = max(1, min(int(threads), os.cpu_count() or 1))
+    torch.set_num_threads(n)
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
+    )
+    log = logging.getLogger("esta")
+    log.info("torch threads: %d", n)
+    return log
+
+
+def provenance(device: torch.device | str | None = None) -> dict:
+    """Library versions, device and dtype: recorded in every metrics file and checkpoint."""
+    from importlib.metadata import version  # not `import peft`: that costs seconds (transformers)
+
+    device = torch.device(device or "cpu")
+    info = dict(
+        python=platform.python_version(),
+        torch=torch.__version__,
+        timm=version("timm"),
+        peft=version("peft"),
+        device=str(device),
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        dtype="bfloat16-autocast" if device.type == "cuda" else "float32",
+        torch_threads=torch.get_num_threads(),
+    )
+    return info
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def atomic_path(path: str | Path) -> Path:
+    """A temporary sibling of ``path`` to write to before ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_json(path: str | Path, obj) -> None:
+    tmp = atomic_path(path)
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_csv(df: pd.DataFrame, path: str | Path) -> None:
+    tmp = atomic_path(path)
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (inputs that key a training checkpoint)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def peak_device_mb(device: torch.device) -> float | None:
+    """Peak CUDA memory allocated by torch in MiB; None on CPU (see peak_rss_mb)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20

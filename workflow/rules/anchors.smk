@@ -1,0 +1,90 @@
+rule pretrain_anchor:
+    """Pretrain one anchor of the embedded family on the synthetic upstream set."""
+    input:
+        data=f"{R}/data/upstream/manifest.json",
+        code=code(
+            "anchors",
+            "stitch",
+            "adapt",
+            "sampling",
+            "train",
+            "evaluate",
+            "build",
+            "data",
+        ),
+    output:
+        weights=f"{R}/anchors/{{family}}/anchor{{i}}.safetensors",
+        info=f"{R}/anchors/{{family}}/anchor{{i}}.json",
+    log:
+        f"{R}/logs/pretrain_anchor/{{family}}/anchor{{i}}.log",
+    benchmark:
+        f"{R}/benchmarks/pretrain_anchor/{{family}}/anchor{{i}}.tsv"
+    conda:
+        "../envs/esta.yaml"
+    threads: config["threads"]
+    params:
+        family=lambda w: w.family,
+        train={
+            k: config["anchors"]["pretrain"][k]
+            for k in ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs")
+        },
+        split="train",
+        eval_split="val",
+        img_size=config["data"]["img_size"],
+        num_workers=config["data"]["num_workers"],
+        device=config["device"],
+        checkpoint_every_s=config["checkpoint_every_s"],
+        ckpt_dir=lambda w: f"{R}/.checkpoints/anchors/{w.family}/anchor{w.i}",
+    script:
+        "../scripts/train_anchor.py"
+
+
+rule anchors_table:
+    input:
+        expand(f"{R}/anchors/{config['family']}/anchor{{i}}.json", i=ANCHORS),
+    output:
+        f"{R}/tables/anchors.csv",
+    log:
+        f"{R}/logs/anchors_table.log",
+    conda:
+        "../envs/esta.yaml"
+    script:
+        "../scripts/anchors_table.py"
+
+
+rule stitch_table:
+    input:
+        code=code("anchors", "stitch", "info", "adapt"),
+    output:
+        f"{R}/tables/stitches.csv",
+    log:
+        f"{R}/logs/stitch_table.log",
+    conda:
+        "../envs/esta.yaml"
+    params:
+        family=config["family"],
+        tasks=config["tasks"],
+    script:
+        "../scripts/stitch_table.py"
+
+
+rule ls_init:
+    input:
+        anchors=ls_init_anchors,
+        data=f"{R}/data/{{task}}/manifest.json",
+        code=code("anchors", "stitch", "build", "data"),
+    output:
+        f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/stitch_init.safetensors",
+    log:
+        f"{R}/logs/ls_init/{{method}}/{{variant}}/{{task}}/seed{{seed}}/{{mode}}.log",
+    benchmark:
+        f"{R}/benchmarks/ls_init/{{method}}/{{variant}}/{{task}}/seed{{seed}}/{{mode}}.tsv"
+    conda:
+        "../envs/esta.yaml"
+    threads: config["threads"]
+    params:
+        family=config["family"],
+        n_images=config["ls_init"]["n_images"],
+        img_size=config["data"]["img_size"],
+    script:
+        "../scripts/ls_init.py"

@@ -1,0 +1,46 @@
+rule resolve_config:
+    output:
+        f"{R}/config.resolved.yaml",
+    log:
+        f"{R}/logs/resolve_config.log",
+    conda:
+        "../envs/esta.yaml"
+    params:
+        config=config,
+    script:
+        "../scripts/resolve_config.py"
+
+
+rule prepare_data:
+    input:
+        code=code("data", "embedded"),
+    output:
+        f"{R}/data/{{task}}/manifest.json",
+    log:
+        f"{R}/logs/prepare_data/{{task}}.log",
+    wildcard_constraints:
+        task="embedded/[A-Za-z0-9_]+",
+    conda:
+        "../envs/esta.yaml"
+    params:
+        data=config["data"],
+        folder=lambda w, output: os.path.dirname(output[0]),
+    script:
+        "../scripts/prepare_data.py"
+
+
+rule prepare_upstream:
+    input:
+        code=code("data", "embedded"),
+    output:
+        f"{R}/data/upstream/manifest.json",
+    log:
+        f"{R}/logs/prepare_upstream.log",
+    conda:
+        "../envs/esta.yaml"
+    params:
+        pretrain=config["anchors"]["pretrain"],
+        seed=config["data"]["seed"],
+        folder=lambda w, output: os.path.dirname(output[0]),
+    script:
+        "../scripts/prepare_upstream.py"

@@ -1,0 +1,61 @@
+TRAIN_CODE = code("anchors", "stitch", "adapt", "sampling", "train", "build", "data")
+
+
+rule train_esta:
+    input:
+        anchors=anchor_files,
+        stitch=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/stitch_init.safetensors",
+        data=f"{R}/data/{{task}}/manifest.json",
+        code=TRAIN_CODE,
+    output:
+        model=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/model.safetensors",
+        history=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/train_log.csv",
+        stats=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/importance.csv",
+        info=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/train.json",
+    log:
+        f"{R}/logs/train_esta/{{variant}}/{{task}}/seed{{seed}}/{{mode}}.log",
+    benchmark:
+        f"{R}/benchmarks/train_esta/{{variant}}/{{task}}/seed{{seed}}/{{mode}}.tsv"
+    conda:
+        "../envs/esta.yaml"
+    threads: config["threads"]
+    params:
+        family=config["family"],
+        method=lambda w: method_config(w.variant)["esta"],
+        train=lambda w: method_config(w.variant)["esta"]["train"],
+        sampler=lambda w: method_config(w.variant)["esta"]["sampler"],
+        img_size=config["data"]["img_size"],
+        num_workers=config["data"]["num_workers"],
+        device=config["device"],
+        checkpoint_every_s=config["checkpoint_every_s"],
+        ckpt_dir=lambda w: f"{R}/.checkpoints/esta/{w.variant}/{w.task}/seed{w.seed}/{w.mode}",
+    script:
+        "../scripts/train.py"
+
+
+rule select_esta:
+    """One-stage deployment from training-time importance (no evaluation pass)."""
+    input:
+        stats=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/importance.csv",
+        stitches=f"{R}/tables/stitches.csv",
+        anchors=anchor_files,
+        stitch=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/stitch_init.safetensors",
+        model=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/model.safetensors",
+        data=f"{R}/data/{{task}}/manifest.json",
+        code=code("sampling", "pareto", "build"),
+    output:
+        f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/deployed.csv",
+    log:
+        f"{R}/logs/select_esta/{{variant}}/{{task}}/seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/select_esta/{{variant}}/{{task}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/esta.yaml"
+    threads: config["threads"]
+    params:
+        family=config["family"],
+        deploy=lambda w: method_config(w.variant)["deploy"],
+        method=lambda w: method_config(w.variant)["esta"],
+        img_size=config["data"]["img_size"],
+    script:
+        "../scripts/select_esta.py"

@@ -1,0 +1,73 @@
+rule evaluate_deployed:
+    """Test accuracy of every deployed stitch (ids chosen in tuning mode)."""
+    input:
+        unpack(model_inputs),
+        deployed=f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/tuning/deployed.csv",
+        data=f"{R}/data/{{task}}/manifest.json",
+        code=code("evaluate", "build", "data"),
+    output:
+        f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/test_accuracy.csv",
+    log:
+        f"{R}/logs/evaluate_deployed/{{method}}/{{variant}}/{{task}}/seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate_deployed/{{method}}/{{variant}}/{{task}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/esta.yaml"
+    threads: config["threads"]
+    params:
+        family=config["family"],
+        method=lambda w: method_config(w.variant),
+        img_size=config["data"]["img_size"],
+        batch_size=config["eval"]["batch_size"],
+        device=config["device"],
+        split="test",
+    script:
+        "../scripts/evaluate_deployed.py"
+
+
+rule export_deployed:
+    """Each deployed stitch as a standalone model: LoRA merged, biases baked in (safetensors + JSON)."""
+    input:
+        unpack(model_inputs),
+        accuracy=f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/test_accuracy.csv",
+        code=code("export", "build"),
+    output:
+        directory(f"{R}/{{method}}/{{variant}}/{{task}}/deployed/seed{{seed}}"),
+    log:
+        f"{R}/logs/export_deployed/{{method}}/{{variant}}/{{task}}/seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/export_deployed/{{method}}/{{variant}}/{{task}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/esta.yaml"
+    threads: config["threads"]
+    params:
+        family=config["family"],
+        method=lambda w: method_config(w.variant),
+        mode=eval_mode(),
+    script:
+        "../scripts/export_deployed.py"
+
+
+rule task_metrics:
+    """Tidy per-task table: every deployed stitch of every seed with FLOPs, params and accuracy."""
+    input:
+        accuracy=expand(
+            f"{R}/{{{{method}}}}/{{{{variant}}}}/{{{{task}}}}/seed{{seed}}/test_accuracy.csv",
+            seed=config["seeds"],
+        ),
+        train=expand(
+            f"{R}/{{{{method}}}}/{{{{variant}}}}/{{{{task}}}}/seed{{seed}}/tuning/train.json",
+            seed=config["seeds"],
+        ),
+        stitches=f"{R}/tables/stitches.csv",
+    output:
+        f"{R}/{{method}}/{{variant}}/{{task}}/metrics.csv",
+    log:
+        f"{R}/logs/task_metrics/{{method}}/{{variant}}/{{task}}.log",
+    conda:
+        "../envs/esta.yaml"
+    params:
+        seeds=config["seeds"],
+        retrain_final=config["retrain_final"],
+    script:
+        "../scripts/task_metrics.py"

@@ -1,0 +1,69 @@
+rule pareto_table:
+    """Suite average per FLOPs interval (spec §9) and the tidy table of every deployed stitch."""
+    input:
+        expand(
+            f"{R}/{{method}}/default/{{task}}/metrics.csv",
+            method=METHODS,
+            task=config["tasks"],
+        ),
+    output:
+        pareto=f"{R}/tables/pareto_all.csv",
+        tasks=f"{R}/tables/pareto_tasks.csv",
+        deployed=f"{R}/tables/deployed.csv",
+    log:
+        f"{R}/logs/pareto_table.log",
+    conda:
+        "../envs/esta.yaml"
+    script:
+        "../scripts/pareto_table.py"
+
+
+rule plot_pareto_all:
+    input:
+        table=f"{R}/tables/pareto_all.csv",
+    output:
+        pdf=report(
+            f"{R}/figures/pareto_all.pdf",
+            caption="../report/pareto_all.rst",
+            category="Pareto",
+        ),
+        png=f"{R}/figures/pareto_all.png",
+    log:
+        f"{R}/logs/plot_pareto_all.log",
+    conda:
+        "../envs/esta.yaml"
+    params:
+        task=None,
+    script:
+        "../scripts/plot_pareto.py"
+
+
+rule plot_pareto_task:
+    input:
+        table=f"{R}/tables/pareto_tasks.csv",
+    output:
+        pdf=f"{R}/figures/pareto_{{slug}}.pdf",
+    log:
+        f"{R}/logs/plot_pareto/{{slug}}.log",
+    wildcard_constraints:
+        slug="(?:embedded|vtab|fgvc)-[A-Za-z0-9_]+|cifar100",
+    conda:
+        "../envs/esta.yaml"
+    params:
+        task=lambda w: w.slug.replace("-", "/", 1),
+    script:
+        "../scripts/plot_pareto.py"
+
+
+rule merge_benchmarks:
+    """Run time and memory of every heavy job as one table: runtime is a result."""
+    input:
+        benchmark_files(),
+    output:
+        f"{R}/tables/benchmarks.csv",
+    log:
+        f"{R}/logs/merge_benchmarks.log",
+    conda:
+        "../envs/esta.yaml"
+    script:
+        "../scripts/merge_benchmarks.py"

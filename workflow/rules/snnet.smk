@@ -1,0 +1,96 @@
+rule snnet_adapt:
+    """SN-Net step 1: fine-tune one anchor fully on the task."""
+    input:
+        anchor=f"{R}/anchors/{config['family']}/anchor{{i}}.safetensors",
+        data=f"{R}/data/{{task}}/manifest.json",
+        code=TRAIN_CODE,
+    output:
+        weights=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/adapt/anchor{{i}}.safetensors",
+        info=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/adapt/anchor{{i}}.json",
+    log:
+        f"{R}/logs/snnet_adapt/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/anchor{{i}}.log",
+    benchmark:
+        f"{R}/benchmarks/snnet_adapt/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/anchor{{i}}.tsv"
+    conda:
+        "../envs/esta.yaml"
+    threads: config["threads"]
+    params:
+        family=config["family"],
+        train=lambda w: method_config(w.variant)["snnet"]["adapt"],
+        split=lambda w: "train800" if w.mode == "tuning" else "train800val200",
+        eval_split=lambda w: "val200" if w.mode == "tuning" else None,
+        img_size=config["data"]["img_size"],
+        num_workers=config["data"]["num_workers"],
+        device=config["device"],
+        checkpoint_every_s=config["checkpoint_every_s"],
+        ckpt_dir=lambda w: f"{R}/.checkpoints/snnet/{w.variant}/{w.task}/seed{w.seed}/{w.mode}/adapt{w.i}",
+    script:
+        "../scripts/train_anchor.py"
+
+
+rule snnet_stitch:
+    """SN-Net step 2: stitch the adapted anchors and train everything, stitches drawn uniformly."""
+    input:
+        anchors=expand(
+            f"{R}/snnet/{{{{variant}}}}/{{{{task}}}}/seed{{{{seed}}}}/{{{{mode}}}}/adapt/anchor{{i}}.safetensors",
+            i=ANCHORS,
+        ),
+        stitch=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/stitch_init.safetensors",
+        data=f"{R}/data/{{task}}/manifest.json",
+        code=TRAIN_CODE,
+    output:
+        model=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/model.safetensors",
+        history=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/train_log.csv",
+        stats=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/importance.csv",
+        info=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/train.json",
+    log:
+        f"{R}/logs/snnet_stitch/{{variant}}/{{task}}/seed{{seed}}/{{mode}}.log",
+    benchmark:
+        f"{R}/benchmarks/snnet_stitch/{{variant}}/{{task}}/seed{{seed}}/{{mode}}.tsv"
+    conda:
+        "../envs/esta.yaml"
+    threads: config["threads"]
+    params:
+        family=config["family"],
+        method=lambda w: method_config(w.variant)["snnet"],
+        train=lambda w: method_config(w.variant)["snnet"]["stitch"],
+        sampler={"kind": "uniform"},
+        img_size=config["data"]["img_size"],
+        num_workers=config["data"]["num_workers"],
+        device=config["device"],
+        checkpoint_every_s=config["checkpoint_every_s"],
+        ckpt_dir=lambda w: f"{R}/.checkpoints/snnet/{w.variant}/{w.task}/seed{w.seed}/{w.mode}/stitch",
+    script:
+        "../scripts/train.py"
+
+
+rule snnet_deploy:
+    """SN-Net step 3: evaluate every stitch on the selection split, deploy the best per interval."""
+    input:
+        anchors=expand(
+            f"{R}/snnet/{{{{variant}}}}/{{{{task}}}}/seed{{{{seed}}}}/tuning/adapt/anchor{{i}}.safetensors",
+            i=ANCHORS,
+        ),
+        stitch=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/tuning/stitch_init.safetensors",
+        model=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/tuning/model.safetensors",
+        stitches=f"{R}/tables/stitches.csv",
+        data=f"{R}/data/{{task}}/manifest.json",
+        code=code("evaluate", "sampling", "pareto", "build", "data"),
+    output:
+        accuracy=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/tuning/selection_accuracy.csv",
+        deployed=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/tuning/deployed.csv",
+    log:
+        f"{R}/logs/snnet_deploy/{{variant}}/{{task}}/seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/snnet_deploy/{{variant}}/{{task}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/esta.yaml"
+    threads: config["threads"]
+    params:
+        family=config["family"],
+        deploy=lambda w: method_config(w.variant)["deploy"],
+        img_size=config["data"]["img_size"],
+        batch_size=config["eval"]["batch_size"],
+        device=config["device"],
+    script:
+        "../scripts/snnet_deploy.py"

@@ -1,0 +1,22 @@
+"""Test accuracy of every deployed stitch, for the stitch ids chosen in tuning mode (spec §8)."""
+
+import pandas as pd
+
+from esta import runtime
+from esta.build import adapt_config, assemble, open_task, read_manifest
+from esta.evaluate import evaluate
+from esta.train import pick_device
+
+log = runtime.start(snakemake.log[0], snakemake.threads)
+w, p, inp = snakemake.wildcards, snakemake.params, snakemake.input
+manifest = read_manifest(inp.data)
+model = assemble(p.family, manifest["num_classes"], inp.anchors, inp.stitch,
+                 adapt_config(w.method, p.method[w.method]), state_file=inp.model)
+deployed = pd.read_csv(inp.deployed)
+device = pick_device(p.device)
+acc = evaluate(model, open_task(manifest, p.split, p.img_size), deployed["stitch_id"].tolist(),
+               batch_size=p.batch_size, device=device)
+deployed["test_accuracy"] = deployed["stitch_id"].map(acc)
+deployed["device"] = str(device)
+log.info("test accuracy of deployed stitches: %s", {k: round(v, 4) for k, v in acc.items()})
+runtime.write_csv(deployed, snakemake.output[0])

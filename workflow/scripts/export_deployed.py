@@ -1,0 +1,26 @@
+"""Write every deployed stitch as a standalone model (safetensors + JSON) with an index table."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from esta import runtime
+from esta.build import adapt_config, anchor_arch, assemble, load_tensors_file
+from esta.data import task_info
+from esta.export import export_stitch
+
+log = runtime.start(snakemake.log[0], snakemake.threads)
+w, p, inp = snakemake.wildcards, snakemake.params, snakemake.input
+deployed = pd.read_csv(inp.accuracy)
+model = assemble(p.family, task_info(w.task).num_classes, inp.anchors, inp.stitch,
+                 adapt_config(w.method, p.method[w.method]), state_file=inp.model)
+trained = load_tensors_file(inp.model)[1]
+out = Path(snakemake.output[0])
+files = []
+for row in deployed.itertuples():
+    prov = dict(method=w.method, variant=w.variant, task=w.task, seed=int(w.seed), trained_in=p.mode,
+                test_accuracy=row.test_accuracy, training=trained)
+    files.append(export_stitch(model, int(row.stitch_id), out, anchor_arch(p.family), prov).name)
+deployed["file"] = files
+runtime.write_csv(deployed, out / "index.csv")
+log.info("exported %d stitches to %s", len(files), out)

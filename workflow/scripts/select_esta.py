@@ -1,0 +1,32 @@
+"""ESTA's one-stage deployment: per FLOPs interval, the stitch of highest training-time importance
+among those visited at least `min_visits` times; anchors always (spec §6). No evaluation pass."""
+
+import pandas as pd
+import torch
+
+from esta import runtime
+from esta.build import adapt_config, assemble, open_task, read_manifest
+from esta.data import split_files
+from esta.sampling import refresh_importance, select_deployed
+
+log = runtime.start(snakemake.log[0], snakemake.threads)
+p, inp = snakemake.params, snakemake.input
+stitches = pd.read_csv(inp.stitches)
+stats = pd.read_csv(inp.stats).set_index("stitch_id").loc[stitches["stitch_id"]]
+d = p.deploy
+score = stats["importance"].to_numpy()
+if d["importance_refresh"]:
+    manifest = read_manifest(inp.data)
+    model = assemble(p.family, manifest["num_classes"], inp.anchors, inp.stitch,
+                     adapt_config("esta", p.method), state_file=inp.model)
+    data = open_task(manifest, split_files("tuning")[0], p.img_size)
+    g = torch.Generator().manual_seed(int(snakemake.wildcards.seed))
+    idx = torch.randperm(len(data), generator=g)[: p.method["train"]["batch_size"]].tolist()
+    x, y = (torch.stack(t) for t in zip(*[(data[i][0], torch.tensor(data[i][1])) for i in idx]))
+    score = refresh_importance(model, x, y)
+    log.info("importance refreshed on a fixed batch of %d training images", len(idx))
+deployed = select_deployed(stitches, score, d["intervals"], eligible=stats["visits"].to_numpy() >= d["min_visits"])
+deployed["visits"] = stats.loc[deployed["stitch_id"], "visits"].to_numpy()
+deployed["importance_refresh"] = d["importance_refresh"]
+log.info("deployed %d stitches: %s", len(deployed), deployed["stitch_id"].tolist())
+runtime.write_csv(deployed, snakemake.output[0])

@@ -1,0 +1,42 @@
+"""Train a stitched model on one task: ESTA (PST + importance sampling) or SN-Net's `stitch` step
+(everything trains, stitches drawn uniformly). One loop, esta.train.train, serves both."""
+
+import pandas as pd
+import torch
+
+from esta import runtime
+from esta.build import adapt_config, assemble, open_task, read_manifest, save_tensors
+from esta.data import split_files
+from esta.sampling import SamplerConfig, StitchSampler
+from esta.train import TrainConfig, pick_device, train
+
+log = runtime.start(snakemake.log[0], snakemake.threads)
+w, p, inp, out = snakemake.wildcards, snakemake.params, snakemake.input, snakemake.output
+seed = int(w.seed)
+method = {"train_esta": "esta", "snnet_stitch": "snnet"}[snakemake.rule]
+manifest = read_manifest(inp.data)
+data = open_task(manifest, split_files(w.mode)[0], p.img_size, p.num_workers)
+device = pick_device(p.device)
+
+torch.manual_seed(seed)  # task heads are initialised here
+acfg = adapt_config(method, p.method)
+model = assemble(p.family, manifest["num_classes"], inp.anchors, inp.stitch, acfg)
+cfg = TrainConfig(**p.train, seed=seed, checkpoint_every_s=p.checkpoint_every_s, num_workers=p.num_workers)
+scfg = SamplerConfig(**p.sampler)
+sampler = StitchSampler(model.net.num_stitches, cfg.total_steps(len(data)), scfg, seed=seed)
+n_trainable = sum(t.numel() for t in model.trainable().values())
+log.info("%s on %s (%s): %d stitches, %d trainable parameters", method, w.task, w.mode,
+         model.net.num_stitches, n_trainable)
+settings = dict(method=method, adapt=acfg.to_dict(), sampler=scfg.to_dict(), task=w.task, mode=w.mode,
+                inputs=[runtime.file_digest(f) for f in [inp.stitch, *inp.anchors]],
+                data=manifest["splits"])
+result = train(model, data, cfg, sampler, p.ckpt_dir, settings=settings, device=device)
+
+meta = dict(method=method, task=w.task, seed=seed, mode=w.mode, adapt=acfg.to_dict(), sampler=scfg.to_dict(),
+            train=cfg.to_dict(), provenance=runtime.provenance(device))
+save_tensors(model.trainable(), out.model, meta)
+runtime.write_csv(pd.DataFrame(result.history), out.history)
+runtime.write_csv(sampler.stats(), out.stats)
+runtime.write_json(out.info, dict(meta, trainable_params=n_trainable, steps=result.steps,
+                                  resumed_from=result.resumed_from, wall_s=result.wall_s,
+                                  peak_rss_mb=runtime.peak_rss_mb(), peak_device_mb=runtime.peak_device_mb(device)))
