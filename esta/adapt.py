@@ -165,7 +165,8 @@ class AdaptedModel(nn.Module):
         slow, fast = [], []
         for n, p in self.trainable().items():
             is_anchor_weight = n.startswith("net.anchors.") and ".head." not in n
-            (slow if lr_anchor is not None and is_anchor_weight else fast).append(p)
+            full_anchor = self.cfg.mode == "full" and lr_anchor is not None and is_anchor_weight
+            (slow if full_anchor else fast).append(p)
         groups = [dict(params=fast, lr=lr, weight_decay=weight_decay)]
         if slow:
             groups.append(dict(params=slow, lr=lr_anchor, weight_decay=weight_decay))

@@ -141,7 +141,9 @@ def write_manifest(path: str | Path, task_dir: str | Path, task: str, num_classe
     for f in sorted(task_dir.glob("*.txt")):
         text = f.read_bytes()
         lists[f.stem] = dict(lines=text.count(b"\n"), sha256=hashlib.sha256(text).hexdigest())
-    manifest = dict(task=task, root=str(task_dir), num_classes=num_classes, splits=lists)
+    # A root inside the manifest's folder is stored relative to it, so results/ can be moved.
+    root = os.path.relpath(task_dir, Path(path).parent) if not task_dir.is_absolute() else str(task_dir)
+    manifest = dict(task=task, root=root, num_classes=num_classes, splits=lists)
     from esta.runtime import write_json
 
     write_json(path, manifest)
@@ -149,10 +151,13 @@ def write_manifest(path: str | Path, task_dir: str | Path, task: str, num_classe
 
 
 def read_manifest(path: str | Path) -> dict:
+    """A data manifest with its ``root`` resolved (relative roots are relative to the manifest)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data manifest not found: {path}")
-    return json.loads(path.read_text())
+    manifest = json.loads(path.read_text())
+    manifest["root"] = str(path.parent / manifest["root"])
+    return manifest
 
 
 def open_task(manifest: str | Path | dict, split: str, img_size: int, num_workers: int = 0):

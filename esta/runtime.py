@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 __all__ = [
+    "start_job",
     "start",
     "provenance",
     "peak_rss_mb",
@@ -41,6 +42,13 @@ def start(log_file: str | Path | None, threads: int) -> logging.Logger:
     log = logging.getLogger("esta")
     log.info("torch threads: %d", n)
     return log
+
+
+def start_job(smk) -> logging.Logger:
+    """``start`` for a Snakemake script job: its log file, and the torch threads the rule asks for
+    (``params.torch_threads``; light rules run one thread)."""
+    threads = smk.params.get("torch_threads", 1)
+    return start(smk.log[0] if smk.log else None, threads)
 
 
 def provenance(device: torch.device | str | None = None) -> dict:

@@ -21,8 +21,9 @@ rule pretrain_anchor:
         f"{R}/benchmarks/pretrain_anchor/{{family}}/anchor{{i}}.tsv"
     conda:
         "../envs/esta.yaml"
-    threads: config["threads"]
+    threads: heavy_threads()
     params:
+        torch_threads=config["threads"],
         family=lambda w: w.family,
         train={
             k: config["anchors"]["pretrain"][k]
@@ -81,8 +82,9 @@ rule ls_init:
         f"{R}/benchmarks/ls_init/{{method}}/{{variant}}/{{task}}/seed{{seed}}/{{mode}}.tsv"
     conda:
         "../envs/esta.yaml"
-    threads: config["threads"]
+    threads: heavy_threads()
     params:
+        torch_threads=config["threads"],
         family=config["family"],
         n_images=config["ls_init"]["n_images"],
         img_size=config["data"]["img_size"],

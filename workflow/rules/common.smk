@@ -1,4 +1,6 @@
 import copy
+import math
+import os
 import re
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -8,6 +10,20 @@ METHODS = ["esta", "snnet"]
 ANCHORS = list(
     range({"embedded": 3, "vit-ti-s-b": 3, "deit-ti-s-b": 3}.get(config["family"], 3))
 )
+
+
+CPUS = os.cpu_count() or 1
+
+
+def heavy_threads():
+    """Threads a heavy job declares. Each job runs `config["threads"]` torch threads; when --cores
+    exceeds the machine's CPUs the declared number is scaled up by the same factor, so Snakemake
+    never runs more torch threads side by side than there are CPUs (no oversubscription).
+    """
+    cores = workflow.resource_settings.cores
+    if workflow.non_local_exec or not isinstance(cores, int):
+        return config["threads"]
+    return config["threads"] * max(1, math.ceil(cores / CPUS))
 
 
 def code(*modules):

@@ -18,8 +18,9 @@ rule train_esta:
         f"{R}/benchmarks/train_esta/{{variant}}/{{task}}/seed{{seed}}/{{mode}}.tsv"
     conda:
         "../envs/esta.yaml"
-    threads: config["threads"]
+    threads: heavy_threads()
     params:
+        torch_threads=config["threads"],
         family=config["family"],
         method=lambda w: method_config(w.variant)["esta"],
         train=lambda w: method_config(w.variant)["esta"]["train"],
@@ -51,8 +52,9 @@ rule select_esta:
         f"{R}/benchmarks/select_esta/{{variant}}/{{task}}/seed{{seed}}.tsv"
     conda:
         "../envs/esta.yaml"
-    threads: config["threads"]
+    threads: heavy_threads()
     params:
+        torch_threads=config["threads"],
         family=config["family"],
         deploy=lambda w: method_config(w.variant)["deploy"],
         method=lambda w: method_config(w.variant)["esta"],

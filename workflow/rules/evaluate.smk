@@ -13,8 +13,9 @@ rule evaluate_deployed:
         f"{R}/benchmarks/evaluate_deployed/{{method}}/{{variant}}/{{task}}/seed{{seed}}.tsv"
     conda:
         "../envs/esta.yaml"
-    threads: config["threads"]
+    threads: heavy_threads()
     params:
+        torch_threads=config["threads"],
         family=config["family"],
         method=lambda w: method_config(w.variant),
         img_size=config["data"]["img_size"],
@@ -39,8 +40,9 @@ rule export_deployed:
         f"{R}/benchmarks/export_deployed/{{method}}/{{variant}}/{{task}}/seed{{seed}}.tsv"
     conda:
         "../envs/esta.yaml"
-    threads: config["threads"]
+    threads: heavy_threads()
     params:
+        torch_threads=config["threads"],
         family=config["family"],
         method=lambda w: method_config(w.variant),
         mode=eval_mode(),

@@ -13,8 +13,9 @@ rule snnet_adapt:
         f"{R}/benchmarks/snnet_adapt/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/anchor{{i}}.tsv"
     conda:
         "../envs/esta.yaml"
-    threads: config["threads"]
+    threads: heavy_threads()
     params:
+        torch_threads=config["threads"],
         family=config["family"],
         train=lambda w: method_config(w.variant)["snnet"]["adapt"],
         split=lambda w: "train800" if w.mode == "tuning" else "train800val200",
@@ -49,8 +50,9 @@ rule snnet_stitch:
         f"{R}/benchmarks/snnet_stitch/{{variant}}/{{task}}/seed{{seed}}/{{mode}}.tsv"
     conda:
         "../envs/esta.yaml"
-    threads: config["threads"]
+    threads: heavy_threads()
     params:
+        torch_threads=config["threads"],
         family=config["family"],
         method=lambda w: method_config(w.variant)["snnet"],
         train=lambda w: method_config(w.variant)["snnet"]["stitch"],
@@ -85,8 +87,9 @@ rule snnet_deploy:
         f"{R}/benchmarks/snnet_deploy/{{variant}}/{{task}}/seed{{seed}}.tsv"
     conda:
         "../envs/esta.yaml"
-    threads: config["threads"]
+    threads: heavy_threads()
     params:
+        torch_threads=config["threads"],
         family=config["family"],
         deploy=lambda w: method_config(w.variant)["deploy"],
         img_size=config["data"]["img_size"],

@@ -7,7 +7,7 @@ from esta.build import adapt_config, assemble, open_task, read_manifest
 from esta.evaluate import evaluate
 from esta.train import pick_device
 
-log = runtime.start(snakemake.log[0], snakemake.threads)
+log = runtime.start_job(snakemake)
 w, p, inp = snakemake.wildcards, snakemake.params, snakemake.input
 manifest = read_manifest(inp.data)
 model = assemble(p.family, manifest["num_classes"], inp.anchors, inp.stitch,

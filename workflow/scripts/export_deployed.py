@@ -9,7 +9,7 @@ from esta.build import adapt_config, anchor_arch, assemble, load_tensors_file
 from esta.data import task_info
 from esta.export import export_stitch
 
-log = runtime.start(snakemake.log[0], snakemake.threads)
+log = runtime.start_job(snakemake)
 w, p, inp = snakemake.wildcards, snakemake.params, snakemake.input
 deployed = pd.read_csv(inp.accuracy)
 model = assemble(p.family, task_info(w.task).num_classes, inp.anchors, inp.stitch,

@@ -7,7 +7,7 @@ from esta.build import load_anchors, open_task, read_manifest, save_tensors
 from esta.data import split_files
 from esta.stitch import StitchedViT, ls_init
 
-log = runtime.start(snakemake.log[0], snakemake.threads)
+log = runtime.start_job(snakemake)
 w, p = snakemake.wildcards, snakemake.params
 manifest = read_manifest(snakemake.input.data)
 data = open_task(manifest, split_files(w.mode)[0], p.img_size)

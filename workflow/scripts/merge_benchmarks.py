@@ -6,7 +6,7 @@ import pandas as pd
 
 from esta import runtime
 
-runtime.start(snakemake.log[0], 1)
+runtime.start_job(snakemake)
 frames = []
 for f in snakemake.input:
     parts = Path(f).with_suffix("").parts

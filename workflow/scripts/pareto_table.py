@@ -6,7 +6,7 @@ import pandas as pd
 from esta import runtime
 from esta.pareto import deployed_curves
 
-runtime.start(snakemake.log[0], 1)
+runtime.start_job(snakemake)
 deployed = pd.concat([pd.read_csv(f) for f in snakemake.input], ignore_index=True)
 deployed["anchor"] = deployed["front"] == deployed["end"]
 runtime.write_csv(deployed_curves(deployed, by=["method"]), snakemake.output.pareto)

@@ -10,7 +10,7 @@ import seaborn as sns  # noqa: E402
 
 from esta import runtime  # noqa: E402
 
-runtime.start(snakemake.log[0], 1)
+runtime.start_job(snakemake)
 task = snakemake.params.task
 LABEL = {"esta": "ESTA", "snnet": "SN-Net"}
 COLOR = {"esta": "C3", "snnet": "C0"}

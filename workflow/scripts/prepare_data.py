@@ -5,7 +5,7 @@ from esta.build import write_manifest
 from esta.data import task_info
 from esta.embedded import make_task
 
-log = runtime.start(snakemake.log[0], 1)
+log = runtime.start_job(snakemake)
 task, d = snakemake.wildcards.task, snakemake.params.data
 info = task_info(task)
 out = snakemake.params.folder  # the manifest sits in the task folder it describes

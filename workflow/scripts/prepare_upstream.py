@@ -4,7 +4,7 @@ from esta import runtime
 from esta.build import write_manifest
 from esta.embedded import make_upstream
 
-log = runtime.start(snakemake.log[0], 1)
+log = runtime.start_job(snakemake)
 p = snakemake.params.pretrain
 out = snakemake.params.folder  # the manifest sits in the folder it describes
 make_upstream(out, seed=snakemake.params.seed, n_classes=p["n_classes"], n_per_class=p["n_per_class"],

@@ -9,7 +9,7 @@ from esta.build import adapt_config, assemble, open_task, read_manifest
 from esta.data import split_files
 from esta.sampling import refresh_importance, select_deployed
 
-log = runtime.start(snakemake.log[0], snakemake.threads)
+log = runtime.start_job(snakemake)
 p, inp = snakemake.params, snakemake.input
 stitches = pd.read_csv(inp.stitches)
 stats = pd.read_csv(inp.stats).set_index("stitch_id").loc[stitches["stitch_id"]]

@@ -10,7 +10,7 @@ from esta.evaluate import evaluate
 from esta.sampling import select_deployed
 from esta.train import pick_device
 
-log = runtime.start(snakemake.log[0], snakemake.threads)
+log = runtime.start_job(snakemake)
 p, inp, out = snakemake.params, snakemake.input, snakemake.output
 manifest = read_manifest(inp.data)
 model = assemble(p.family, manifest["num_classes"], inp.anchors, inp.stitch, adapt_config("snnet", {}),

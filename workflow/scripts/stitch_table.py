@@ -4,7 +4,7 @@ from esta import runtime
 from esta.data import task_info
 from esta.info import stitch_table
 
-runtime.start(snakemake.log[0], 1)
+runtime.start_job(snakemake)
 # MACs and parameters with the head of the first task; deployment intervals use MACs without head.
 classes = task_info(snakemake.params.tasks[0]).num_classes
 runtime.write_csv(stitch_table(snakemake.params.family, classes), snakemake.output[0])

@@ -7,7 +7,7 @@ import pandas as pd
 from esta import runtime
 from esta.data import task_info
 
-runtime.start(snakemake.log[0], 1)
+runtime.start_job(snakemake)
 w, p = snakemake.wildcards, snakemake.params
 stitches = pd.read_csv(snakemake.input.stitches).set_index("stitch_id")
 info = task_info(w.task)

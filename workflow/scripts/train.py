@@ -10,7 +10,7 @@ from esta.data import split_files
 from esta.sampling import SamplerConfig, StitchSampler
 from esta.train import TrainConfig, pick_device, train
 
-log = runtime.start(snakemake.log[0], snakemake.threads)
+log = runtime.start_job(snakemake)
 w, p, inp, out = snakemake.wildcards, snakemake.params, snakemake.input, snakemake.output
 seed = int(w.seed)
 method = {"train_esta": "esta", "snnet_stitch": "snnet"}[snakemake.rule]

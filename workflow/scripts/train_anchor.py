@@ -14,7 +14,7 @@ from esta.sampling import SamplerConfig, StitchSampler
 from esta.stitch import StitchedViT
 from esta.train import TrainConfig, pick_device, train
 
-log = runtime.start(snakemake.log[0], snakemake.threads)
+log = runtime.start_job(snakemake)
 w, p, inp, out = snakemake.wildcards, snakemake.params, snakemake.input, snakemake.output
 i, seed = int(w.i), int(w.get("seed", w.i))
 spec = family(p.family)[i]

@@ -1,0 +1,85 @@
+"""Shared fixtures: a tiny three-anchor ViT family built with timm (random init, nothing downloaded).
+
+The tiny family mirrors the paper's Ti/S/B at toy size: 16 px images, patch 8 (4 patches + cls =
+5 tokens), depth 4, head dim 16, widths 16/32/48 -> 3 + 2 * (3*4 - 2) = 23 stitches. timm
+initialises every bias to zero and every LayerNorm to (1, 0); the fixtures perturb them so that tests
+about copied, merged or exported biases cannot pass by accident.
+"""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from esta.stitch import enumerate_stitches
+
+torch.set_num_threads(1)  # 2-core CI box, often shared: one thread is fastest for these toy models
+
+IMG = 16
+DEPTH = 4
+WIDTHS = (16, 32, 48)
+NUM_CLASSES = 5
+
+
+def tiny_arch(widths=WIDTHS, depth=DEPTH) -> list[dict]:
+    """``{"timm_name", "kwargs"}`` per anchor, the form ``esta.export.export_stitch`` records."""
+    return [
+        dict(
+            timm_name="vit_tiny_patch16_224",
+            kwargs=dict(img_size=IMG, patch_size=8, embed_dim=w, depth=depth, num_heads=w // 16),
+        )
+        for w in widths
+    ]
+
+
+def make_anchors(widths=WIDTHS, depth=DEPTH, num_classes=NUM_CLASSES, seed=0) -> list[torch.nn.Module]:
+    """Random-init timm ViTs with non-trivial biases and norms, in eval mode. Same seed, same weights."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # timm's own init draws from the global generator
+    anchors = []
+    for arch in tiny_arch(widths, depth):
+        vit = timm.create_model(arch["timm_name"], pretrained=False, num_classes=num_classes, **arch["kwargs"])
+        with torch.no_grad():
+            for name, p in vit.named_parameters():
+                if name.endswith(".bias") or ".norm" in name or name.startswith("norm."):
+                    p.add_(0.1 * torch.randn(p.shape, generator=gen))
+        anchors.append(vit.eval())
+    return anchors
+
+
+def make_images(n: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 3, IMG, IMG, generator=torch.Generator().manual_seed(seed))
+
+
+def expected_path(stitch_id: int, depth: int = DEPTH, n_anchors: int = 3):
+    """From the stitch table alone: (LoRA names, bias names, head weight name) of one stitch's path,
+    as named inside the adapted model (peft wraps targets, their bias becomes ``base_layer.bias``)."""
+    s = enumerate_stitches(depth, n_anchors)[stitch_id]
+    if s.is_anchor:
+        blocks = [(s.front, b) for b in range(depth)]
+    else:
+        blocks = [(s.front, b) for b in range(s.j + 1)] + [(s.end, b) for b in range(s.k, depth)]
+    lora, biases = set(), set()
+    for a, b in blocks:
+        blk = f"anchors.{a}.blocks.{b}"
+        for proj in ("qkv", "proj"):
+            lora |= {f"net.{blk}.attn.{proj}.lora_{ab}.default.weight" for ab in "AB"}
+            biases.add(f"{blk}.attn.{proj}.base_layer.bias")
+        biases |= {f"{blk}.mlp.fc1.bias", f"{blk}.mlp.fc2.bias"}
+    if not s.is_anchor:
+        layer = f"stitch_layers.{s.front}.{s.layer}"
+        lora |= {f"net.{layer}.lora_{ab}.default.weight" for ab in "AB"}
+        biases.add(f"{layer}.base_layer.bias")
+    biases.add(f"anchors.{s.end}.head.bias")
+    return lora, biases, f"net.anchors.{s.end}.head.weight"
+
+
+@pytest.fixture
+def anchors() -> list[torch.nn.Module]:
+    return make_anchors()
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return make_images(6)
