@@ -45,9 +45,6 @@ _UPSTREAM_BG = [("astronaut.png", 0.5), ("rocket.jpg", 0.5), ("motorcycle_left.p
 # Fraction of each side left out when cropping: the retina photo is a disc on black.
 _MARGIN = {"retina.jpg": 0.2}
 
-_KINDS = ("ellipse", "rect", "triangle", "diamond", "ring", "cross", "star", "halfdisc")
-
-
 def _rng(seed: int, name: str) -> np.random.Generator:
     """Generator for one task: a pure function of (seed, name), independent of other tasks."""
     if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -60,30 +57,18 @@ def _balanced_labels(rng: np.random.Generator, n: int, num_classes: int) -> np.n
     return rng.permutation(np.resize(np.arange(num_classes), n))
 
 
-# --------------------------------------------------------------------------------------------
-# Drawing primitives
-# --------------------------------------------------------------------------------------------
-
-def _inside(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Membership of normalised shape coordinates (u along the long axis, both in [-1, 1])."""
-    r2 = u * u + v * v
-    if kind == "ellipse":
-        return r2 <= 1
-    if kind == "rect":
-        return (np.abs(u) <= 1) & (np.abs(v) <= 1)
-    if kind == "triangle":  # apex at u = 1, base at u = -1
-        return (u >= -1) & (np.abs(v) <= (1 - u) / 2)
-    if kind == "diamond":
-        return np.abs(u) + np.abs(v) <= 1
-    if kind == "ring":
-        return (r2 <= 1) & (r2 >= 0.45)
-    if kind == "cross":
-        return ((np.abs(u) <= 1) & (np.abs(v) <= 0.33)) | ((np.abs(v) <= 1) & (np.abs(u) <= 0.33))
-    if kind == "star":
-        return np.sqrt(r2) <= 0.55 + 0.45 * np.cos(5 * np.arctan2(v, u))
-    if kind == "halfdisc":
-        return (r2 <= 1) & (u >= -0.2)
-    raise ValueError(f"unknown shape kind {kind!r}; known: {_KINDS}")
+# Membership tests in normalised shape coordinates (u along the long axis, both in [-1, 1]).
+_SHAPES = {
+    "ellipse": lambda u, v: u * u + v * v <= 1,
+    "rect": lambda u, v: (np.abs(u) <= 1) & (np.abs(v) <= 1),
+    "triangle": lambda u, v: (u >= -1) & (np.abs(v) <= (1 - u) / 2),  # apex at u = 1
+    "diamond": lambda u, v: np.abs(u) + np.abs(v) <= 1,
+    "ring": lambda u, v: (u * u + v * v <= 1) & (u * u + v * v >= 0.45),
+    "cross": lambda u, v: ((np.abs(u) <= 1) & (np.abs(v) <= 0.33)) | ((np.abs(v) <= 1) & (np.abs(u) <= 0.33)),
+    "star": lambda u, v: np.hypot(u, v) <= 0.55 + 0.45 * np.cos(5 * np.arctan2(v, u)),
+    "halfdisc": lambda u, v: (u * u + v * v <= 1) & (u >= -0.2),
+}
+_KINDS = tuple(_SHAPES)
 
 
 def _coverage(kind, cx, cy, size, angle, aspect, ss: int = 2) -> np.ndarray:
@@ -102,7 +87,7 @@ def _coverage(kind, cx, cy, size, angle, aspect, ss: int = 2) -> np.ndarray:
     hit = np.zeros(u.shape, bool)
     for k in np.unique(kind):
         sel = kind == k
-        hit[sel] = _inside(_KINDS[k], u[sel], v[sel])
+        hit[sel] = _SHAPES[_KINDS[k]](u[sel], v[sel])
     return hit.reshape(len(kind), RES, ss, RES, ss).mean(axis=(2, 4), dtype=np.float32)
 
 
@@ -138,10 +123,6 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
     """Antialiased bilinear resize of a uint8 (H, W, 3) or float32 (H, W) array to (size, size)."""
     return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
 
-
-# --------------------------------------------------------------------------------------------
-# Bundled real images
-# --------------------------------------------------------------------------------------------
 
 def _skimage_data_dir() -> Path:
     import skimage  # imported here: only the crop tasks need it
@@ -185,10 +166,14 @@ def _random_crops(rng: np.random.Generator, sources: list[tuple[str, float]], wh
     return out
 
 
-def _photometric_jitter(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
-    """Per-image contrast, per-channel gain, brightness and pixel noise, so colour alone is a weak cue."""
+def _photometric_jitter(rng: np.random.Generator, img: np.ndarray, channel_gain: float = 0.15,
+                        p_grey: float = 0.0) -> np.ndarray:
+    """Per-image contrast, per-channel gain (1 +- channel_gain), brightness, pixel noise, and
+    greyscale with probability p_grey, so colour alone is a weak cue."""
     n = len(img)
-    gain = rng.uniform(0.75, 1.25, (n, 1, 1, 1)) * rng.uniform(0.85, 1.15, (n, 1, 1, 3))
+    grey = rng.random(n) < p_grey
+    img = np.where(grey[:, None, None, None], img.mean(axis=3, keepdims=True), img)
+    gain = rng.uniform(0.75, 1.25, (n, 1, 1, 1)) * rng.uniform(1 - channel_gain, 1 + channel_gain, (n, 1, 1, 3))
     mean = img.mean(axis=(1, 2, 3), keepdims=True)
     out = (img - mean) * gain + mean + rng.uniform(-25, 25, (n, 1, 1, 1))
     return _to_uint8(out + rng.normal(0, 4, img.shape))
@@ -240,9 +225,7 @@ def _place_glyphs(rng: np.random.Generator, glyphs: np.ndarray, sizes: tuple[int
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# Task generators: (rng, labels) -> uint8 images (n, RES, RES, 3), labels of all splits at once
-# --------------------------------------------------------------------------------------------
+# Task generators: (rng, labels) -> uint8 images (n, RES, RES, 3), labels of all splits at once.
 
 def _gen_digits(rng, labels):
     """sklearn's 8x8 digits upscaled to 18-28 px at a random position, grey with contrast jitter."""
@@ -270,7 +253,9 @@ def _gen_textures(rng, labels):
 
 def _gen_medical(rng, labels):
     """One class per bundled micrograph / fundus / sky image (mirrors patch_camelyon, retinopathy)."""
-    return _photometric_jitter(rng, _random_crops(rng, _MEDICAL, labels, (28, 56)).astype(np.float32))
+    # stronger colour jitter than textures: stain colour alone would make this task trivial
+    crops = _random_crops(rng, _MEDICAL, labels, (28, 56)).astype(np.float32)
+    return _photometric_jitter(rng, crops, channel_gain=0.3, p_grey=0.5)
 
 
 def _gen_count(rng, labels):
@@ -355,9 +340,7 @@ def make_task(name: str, out_dir: str | os.PathLike, seed: int, n_train: int = 8
     return write_vtab_task(out_dir, splits, num_classes)
 
 
-# --------------------------------------------------------------------------------------------
-# Upstream "ImageNet stand-in" for pretraining the tiny anchors
-# --------------------------------------------------------------------------------------------
+# Upstream "ImageNet stand-in" for pretraining the tiny anchors.
 
 # A class is a recipe: shape kind x hue x foreground texture x background type. Instances vary
 # in position, scale, rotation, aspect, colour, stripe phase/orientation, noise and distractors.
@@ -400,7 +383,7 @@ def _render_upstream(rng: np.random.Generator, recipe: np.ndarray) -> np.ndarray
     cov = _coverage(kind, rng.uniform(9, 23, n), rng.uniform(9, 23, n), size, rng.uniform(0, 2 * np.pi, n),
                     rng.uniform(1, 1.6, n))
     img = _paint(img, cov, fg)
-    # a small solid distractor of another random kind on a third of the images, may occlude
+    # a small solid distractor of a random kind on a third of the images, may occlude
     d = rng.random(n) < 0.33
     m = int(d.sum())
     cov = _coverage(rng.integers(0, len(_KINDS), m), rng.uniform(3, 29, m), rng.uniform(3, 29, m),
