@@ -18,7 +18,6 @@ heads trains. ``stitch_biases=False`` is the ablation where PST trains the share
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 
 import torch
@@ -139,21 +138,17 @@ class AdaptedModel(nn.Module):
         return functional_call(self.net, self.stitch_biases(stitch_id), (x, stitch_id))
 
     def importance_params(self, stitch_id: int) -> list[nn.Parameter]:
-        """Θ_s of spec §6: the stitch's own biases (shared ones in the ablation) plus the LoRA
-        parameters on its path. Empty in full mode, where SN-Net samples uniformly."""
+        """Θ_s of spec §6: the stitch's own biases plus the LoRA parameters on its path (with shared
+        biases, the shared ones on its path). Head weights are not in Θ_s. Empty in full mode, where
+        SN-Net samples uniformly."""
         if self.cfg.mode == "full":
             return []
-        lora = [
-            p for n, p in self.net.named_parameters() if "lora_" in n and self.net.on_path(n, stitch_id)
-        ]
-        if self.biases is not None:
-            return list(self.biases[str(stitch_id)].values()) + lora
-        shared = [
+        own = list(self.biases[str(stitch_id)].values()) if self.biases is not None else []
+        return own + [
             p
             for n, p in self.net.named_parameters()
-            if n in set(_linear_biases(self.net)) and self.net.on_path(n, stitch_id)
+            if p.requires_grad and not n.endswith(".head.weight") and self.net.on_path(n, stitch_id)
         ]
-        return shared + lora
 
     def trainable(self) -> dict[str, nn.Parameter]:
         """Every parameter that trains, by qualified name."""
@@ -181,6 +176,3 @@ def adapt(net: StitchedViT, cfg: AdaptConfig) -> AdaptedModel:
 def count_trainable(model: AdaptedModel) -> int:
     return sum(p.numel() for p in model.trainable().values())
 
-
-def lora_names(model: AdaptedModel) -> list[str]:
-    return [n for n in model.trainable() if re.search(r"lora_[AB]", n)]

@@ -61,12 +61,18 @@ def deployed_curves(deployed: pd.DataFrame, by: list[str] | None = None) -> pd.D
     interval, reason, gmacs, test_accuracy, trainable_params). Within each group of ``by`` (default
     method) and seed, point i averages over tasks the stitch deployed in interval i; anchors, always
     deployed, are points of their own with ``interval = -1 - anchor`` and ``anchor = True``.
+    Intervals where some task of the group deployed nothing are left out.
     """
     by = list(by or ["method"])
     d = deployed.rename(columns={"test_accuracy": "accuracy"})
     curve = d[d["reason"] == "interval"]
     anchors = d[d["front"] == d["end"]].assign(interval=lambda t: -1 - t["front"])
     per_seed = suite_average(pd.concat([curve, anchors]), by=by + ["seed"])
+    # A mean over some of the tasks is not comparable with the others: keep the intervals in which
+    # every task of the group deployed a stitch (ESTA may leave an interval empty: min_visits).
+    n_all = deployed.groupby(by)["task"].nunique().rename("n_all").reset_index()
+    per_seed = per_seed.merge(n_all, on=by)
+    per_seed = per_seed[per_seed["n_tasks"] == per_seed["n_all"]].drop(columns="n_all")
     out = per_seed.groupby(by + ["interval"], as_index=False).agg(
         gmacs=("gmacs", "mean"),
         accuracy=("accuracy", "mean"),

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from esta.anchors import check_family
+
 __all__ = [
     "Stitch",
     "enumerate_stitches",
@@ -94,8 +96,6 @@ class StitchedViT(nn.Module):
 
     def __init__(self, anchors: list[nn.Module]):
         super().__init__()
-        from esta.anchors import check_family  # local import keeps stitch.py usable on bare modules
-
         check_family(anchors)
         self.anchors = nn.ModuleList(anchors)
         self.depth = len(anchors[0].blocks)
