@@ -78,6 +78,7 @@ class AdaptedModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.net = net
+        self._theta: dict[int, list[nn.Parameter]] = {}  # importance_params cache
         if cfg.mode == "full":
             net.requires_grad_(True)
             self.biases = None
@@ -143,12 +144,14 @@ class AdaptedModel(nn.Module):
         SN-Net samples uniformly."""
         if self.cfg.mode == "full":
             return []
-        own = list(self.biases[str(stitch_id)].values()) if self.biases is not None else []
-        return own + [
-            p
-            for n, p in self.net.named_parameters()
-            if p.requires_grad and not n.endswith(".head.weight") and self.net.on_path(n, stitch_id)
-        ]
+        if stitch_id not in self._theta:  # called every step: match names once per stitch
+            own = list(self.biases[str(stitch_id)].values()) if self.biases is not None else []
+            self._theta[stitch_id] = own + [
+                p
+                for n, p in self.net.named_parameters()
+                if p.requires_grad and not n.endswith(".head.weight") and self.net.on_path(n, stitch_id)
+            ]
+        return self._theta[stitch_id]
 
     def trainable(self) -> dict[str, nn.Parameter]:
         """Every parameter that trains, by qualified name."""
