@@ -12,20 +12,12 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset
 
 from esta.adapt import AdaptedModel
+from esta.train import iterate_batches
 
 __all__ = ["evaluate", "predict"]
-
-
-def _loader(data: Dataset, batch_size: int, num_workers: int):
-    if isinstance(data, TensorDataset):
-        n = len(data)
-        for i in range(0, n, batch_size):
-            yield tuple(t[i : i + batch_size] for t in data.tensors)
-    else:
-        yield from DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
 @torch.no_grad()
@@ -65,7 +57,9 @@ def evaluate(
     correct = dict.fromkeys(ids, 0)
     total = 0
     use_amp = device.type == "cuda"
-    for x, y in _loader(data, batch_size, num_workers):
+    n = len(data)
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    for x, y in iterate_batches(data, batches, num_workers, pin=use_amp):
         x, y = x.to(device), y.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = predict(model, x, ids)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from esta.adapt import AdaptedModel
 from esta.sampling import StitchSampler, snip_importance
 
-__all__ = ["TrainConfig", "TrainResult", "train", "settings_hash", "pick_device"]
+__all__ = ["TrainConfig", "TrainResult", "train", "settings_hash", "pick_device", "iterate_batches"]
 
 
 @dataclass
@@ -90,7 +90,7 @@ def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[
     return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def _iterate(data: Dataset, batches: list[list[int]], num_workers: int, pin: bool):
+def iterate_batches(data: Dataset, batches: list[list[int]], num_workers: int, pin: bool):
     """Batches in the given order; in-memory tensors are indexed directly (no per-sample collate)."""
     if isinstance(data, TensorDataset):
         for idx in batches:
@@ -188,7 +188,7 @@ def train(
     epoch = start // steps_per_epoch
     while step < total:
         batches = _epoch_batches(n, cfg.batch_size, cfg.seed, epoch)[step - epoch * steps_per_epoch :]
-        for x, y in _iterate(data, batches, cfg.num_workers, pin=use_amp):
+        for x, y in iterate_batches(data, batches, cfg.num_workers, pin=use_amp):
             if step >= total or (stop_after is not None and step >= stop_after):
                 break
             x = x.to(device, non_blocking=True)
