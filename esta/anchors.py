@@ -11,14 +11,14 @@ anchor is randomly initialised. Nothing is ever downloaded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
-__all__ = ["AnchorSpec", "FAMILIES", "family", "build_anchor", "build_family", "check_family"]
+__all__ = ["AnchorSpec", "FAMILIES", "family", "family_at", "build_anchor", "build_family", "check_family"]
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,26 @@ FAMILIES: dict[str, tuple[AnchorSpec, ...]] = {
 
 
 def family(name: str) -> tuple[AnchorSpec, ...]:
-    """The anchor specs of a family, small to large; an unknown name lists the known ones."""
-    if name not in FAMILIES:
-        raise ValueError(f"unknown anchor family {name!r}; known families: {sorted(FAMILIES)}")
-    return FAMILIES[name]
+    """The anchor specs of a family, small to large; an unknown name lists the known ones.
+
+    ``"<family>@<px>"`` is the family at another input resolution (timm resamples the position
+    embedding of pretrained weights on load), e.g. ``vit-ti-s-b@32`` for CPU-sized tests.
+    """
+    base, _, px = name.partition("@")
+    if base not in FAMILIES:
+        raise ValueError(f"unknown anchor family {base!r}; known families: {sorted(FAMILIES)}")
+    specs = FAMILIES[base]
+    if px:
+        if not px.isdigit() or int(px) < 8:
+            raise ValueError(f"bad resolution in family name {name!r}; expected '<family>@<pixels>'")
+        specs = tuple(replace(s, kwargs=dict(s.kwargs, img_size=int(px))) for s in specs)
+    return specs
+
+
+def family_at(name: str, img_size: int) -> str:
+    """The family name that builds ``name``'s anchors at ``img_size`` pixels ("name" when native)."""
+    native = {s.kwargs.get("img_size", 224) for s in family(name)}
+    return name if native == {img_size} else f"{name.partition('@')[0]}@{img_size}"
 
 
 def build_anchor(spec: AnchorSpec, num_classes: int, weights: str | Path | None = None) -> nn.Module:
@@ -82,6 +98,8 @@ def build_anchor(spec: AnchorSpec, num_classes: int, weights: str | Path | None 
             f".safetensors, .pth or .npz format for {spec.timm_name})"
         )
     overlay = dict(file=str(path), num_classes=spec.pretrained_classes)
+    if path.suffix == ".npz":  # Google's original JAX checkpoints: timm's own npz loader
+        overlay["custom_load"] = True
     try:
         return timm.create_model(
             spec.timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs

@@ -26,6 +26,9 @@ __all__ = [
     "assemble",
     "anchor_arch",
     "open_task",
+    "write_manifest",
+    "read_manifest",
+    "data_key",
     "adapt_config",
 ]
 
@@ -132,20 +135,32 @@ def assemble(
 _IN_MEMORY_BYTES = 1 << 30  # decode a split once into RAM when it fits in 1 GiB as float32
 
 
-def write_manifest(path: str | Path, task_dir: str | Path, task: str, num_classes: int) -> dict:
-    """Describe a task folder: its root, classes, list files with line counts and checksums."""
-    import hashlib
+def _list_files(task_dir: Path) -> dict:
+    """Bytes and sha256 of the list files of a VTAB-layout folder (the upstream set)."""
+    from esta.runtime import file_digest
 
-    task_dir = Path(task_dir)
-    lists = {}
-    for f in sorted(task_dir.glob("*.txt")):
-        text = f.read_bytes()
-        lists[f.stem] = dict(lines=text.count(b"\n"), sha256=hashlib.sha256(text).hexdigest())
-    # A root inside the manifest's folder is stored relative to it, so results/ can be moved.
-    root = os.path.relpath(task_dir, Path(path).parent) if not task_dir.is_absolute() else str(task_dir)
-    manifest = dict(task=task, root=root, num_classes=num_classes, splits=lists)
+    return {f.name: dict(bytes=f.stat().st_size, sha256=file_digest(f)) for f in sorted(task_dir.glob("*.txt"))}
+
+
+def write_manifest(path: str | Path, task_dir: str | Path, task: str, num_classes: int | None = None) -> dict:
+    """Check a task folder (every split, eagerly) and describe it: root, classes, split sizes, and
+    bytes + sha256 of its list files. Tasks of ``esta.data.TASKS`` are checked by
+    ``esta.data.check_task``; any other name (the upstream set) is a VTAB-layout folder of
+    ``num_classes`` classes. Downstream jobs take the manifest as input, so changed data reruns them.
+    """
+    from esta.data import TASKS, VtabFolder, check_task, eval_transform
     from esta.runtime import write_json
 
+    task_dir = Path(task_dir)
+    if task in TASKS:
+        desc = check_task(task_dir, task)
+        splits, files, num_classes = desc["splits"], desc["files"], desc["num_classes"]
+    else:
+        files = _list_files(task_dir)
+        splits = {Path(f).stem: len(VtabFolder(task_dir, Path(f).stem, num_classes, eval_transform(8))) for f in files}
+    # A root inside the manifest's folder is stored relative to it, so results/ can be moved.
+    root = str(task_dir.resolve()) if task_dir.is_absolute() else os.path.relpath(task_dir, Path(path).parent)
+    manifest = dict(task=task, root=root, num_classes=num_classes, splits=splits, files=files)
     write_json(path, manifest)
     return manifest
 
@@ -160,15 +175,26 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
-def open_task(manifest: str | Path | dict, split: str, img_size: int, num_workers: int = 0):
-    """Split ``split`` of the task a manifest describes; small splits come back as tensors in RAM."""
+def data_key(manifest: dict) -> dict:
+    """What identifies a task's data in a checkpoint's settings: split sizes and list-file checksums."""
+    return {k: manifest[k] for k in ("task", "splits", "files")}
+
+
+def open_task(manifest: str | Path | dict, split: str, img_size: int, num_workers: int = 0,
+              augment: bool | None = None):
+    """Split ``split`` of the task a manifest describes (``esta.data.open_split``). Splits without
+    random augmentation that fit in 1 GiB as float32 are decoded once and come back as tensors."""
     from torch.utils.data import TensorDataset
 
-    from esta.data import VtabFolder, eval_transform, load_tensors
+    from esta.data import TASKS, VtabFolder, augmented, eval_transform, load_tensors, open_split
 
     m = manifest if isinstance(manifest, dict) else read_manifest(manifest)
-    ds = VtabFolder(m["root"], split, m["num_classes"], eval_transform(img_size))
-    if len(ds) * 3 * img_size * img_size * 4 <= _IN_MEMORY_BYTES:
+    if m["task"] in TASKS:
+        ds = open_split(m["root"], m["task"], split, img_size, augment=augment)
+        random = augmented(m["task"], split) if augment is None else augment
+    else:
+        ds, random = VtabFolder(m["root"], split, m["num_classes"], eval_transform(img_size)), False
+    if not random and len(ds) * 3 * img_size * img_size * 4 <= _IN_MEMORY_BYTES:
         return TensorDataset(*load_tensors(ds, num_workers=num_workers))
     return ds
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["interval_edges", "assign_intervals", "pareto_front", "suite_average", "deployed_curves"]
+__all__ = ["interval_edges", "assign_intervals", "pareto_front", "suite_average", "deployed_curves",
+           "accuracy_by_task", "accuracy_by_group", "mean_std"]
 
 
 def interval_edges(macs: np.ndarray | pd.Series, k: int) -> np.ndarray:
@@ -82,6 +83,43 @@ def deployed_curves(deployed: pd.DataFrame, by: list[str] | None = None) -> pd.D
     )
     out["accuracy_std"] = out["accuracy_std"].fillna(0.0)
     out["anchor"] = out["interval"] < 0
-    params = deployed.groupby("method")["trainable_params"].mean().round().astype(int)
-    out["trainable_params"] = out["method"].map(params)
+    params = deployed.groupby(by, as_index=False)["trainable_params"].mean()
+    params["trainable_params"] = params["trainable_params"].round().astype(int)
+    out = out.merge(params, on=by)
     return out.sort_values(by + ["anchor", "gmacs"]).reset_index(drop=True)
+
+
+def mean_std(per_seed: pd.DataFrame, by: list[str], col: str = "accuracy") -> pd.DataFrame:
+    """Mean and standard deviation over seeds of ``col`` (std 0 with one seed, never NaN)."""
+    out = per_seed.groupby(by, as_index=False).agg(
+        **{f"{col}_mean": (col, "mean"), f"{col}_std": (col, "std"), "seeds": ("seed", "nunique")}
+    )
+    out[f"{col}_std"] = out[f"{col}_std"].fillna(0.0)
+    return out
+
+
+def accuracy_by_task(deployed: pd.DataFrame) -> pd.DataFrame:
+    """Per method and task: the mean test accuracy over the deployed stitches of a seed (the area
+    under the deployed curve, per stitch), and of the best deployed stitch; mean ± std over seeds."""
+    keys = ["method", "task", "group"]
+    per_seed = deployed.groupby(keys + ["seed"], as_index=False).agg(
+        accuracy=("test_accuracy", "mean"), best=("test_accuracy", "max"), deployed=("stitch_id", "size"))
+    out = mean_std(per_seed, keys)
+    best = per_seed.groupby(keys, as_index=False).agg(best_accuracy_mean=("best", "mean"),
+                                                     deployed=("deployed", "mean"))
+    return out.merge(best, on=keys).sort_values(["group", "task", "method"]).reset_index(drop=True)
+
+
+def accuracy_by_group(deployed: pd.DataFrame, groups: tuple[str, ...]) -> pd.DataFrame:
+    """Per method and group (in ``groups`` order, then "mean" over all tasks): the mean over the
+    group's tasks of the per-task accuracy of ``accuracy_by_task``, mean ± std over seeds."""
+    per_task = deployed.groupby(["method", "task", "group", "seed"], as_index=False).agg(
+        accuracy=("test_accuracy", "mean"))
+    rows = [per_task, per_task.assign(group="mean")]
+    per_seed = pd.concat(rows).groupby(["method", "group", "seed"], as_index=False).agg(
+        accuracy=("accuracy", "mean"), tasks=("task", "nunique"))
+    out = mean_std(per_seed, ["method", "group"]).merge(
+        per_seed.groupby(["method", "group"], as_index=False)["tasks"].max(), on=["method", "group"])
+    order = {g: i for i, g in enumerate([*groups, "mean"])}
+    return out.sort_values(["group", "method"], key=lambda c: c.map(order) if c.name == "group" else c
+                           ).reset_index(drop=True)

@@ -63,7 +63,7 @@ def provenance(device: torch.device | str | None = None) -> dict:
         peft=version("peft"),
         device=str(device),
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        dtype="bfloat16-autocast" if device.type == "cuda" else "float32",
+        dtype="bfloat16-autocast,tf32" if device.type == "cuda" else "float32",
         torch_threads=torch.get_num_threads(),
     )
     return info

@@ -69,13 +69,19 @@ class TrainResult:
     steps: int = 0
     resumed_from: int = 0  # step the run resumed at (0: fresh start)
     wall_s: float = 0.0
+    snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # step -> trainable state
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """"auto" is CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """"auto" is CUDA when available, else CPU. On CUDA, float32 matmuls and convolutions may use
+    TF32 (training also runs under bfloat16 autocast); asking for an absent GPU is an error."""
+    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"config device {name!r} asks for CUDA, but torch sees no GPU; use device: auto or cpu")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
 
 
 def settings_hash(settings: dict) -> str:
@@ -129,11 +135,14 @@ def train(
     device: torch.device | str = "cpu",
     progress: bool = True,
     stop_after: int | None = None,
+    snapshot_at: list[int] = (),
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` (items ``(image, label)``), one sampled stitch per step.
 
     ``settings`` is everything that determines the run (config slices, input checksums); its hash
     names the checkpoint. ``stop_after`` ends the run after that many steps (tests of resume).
+    ``snapshot_at``: step counts after which a copy of the trainable state is kept in
+    ``result.snapshots`` (and in the checkpoint, so a resumed run keeps them).
     """
     device = torch.device(device)
     model.to(device).train()
@@ -162,6 +171,7 @@ def train(
         sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng"])
         result.history = state["history"]
+        result.snapshots = state.get("snapshots", {})
         start = result.resumed_from = state["step"]
 
     def checkpoint(step: int) -> None:
@@ -177,6 +187,7 @@ def train(
                 sampler=sampler.state_dict(),
                 rng=torch.get_rng_state(),
                 history=result.history,
+                snapshots=result.snapshots,
             ),
         )
 
@@ -205,6 +216,8 @@ def train(
             sched.step()
             result.history.append(dict(step=step, stitch_id=sid, loss=loss.item(), importance=q, lr=lr))
             step += 1
+            if step in snapshot_at:
+                result.snapshots[step] = {k: v.detach().cpu().clone() for k, v in trainable.items()}
             bar.update(1)
             if time.monotonic() - last_ckpt >= cfg.checkpoint_every_s:
                 checkpoint(step)

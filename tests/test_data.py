@@ -1,15 +1,24 @@
-"""Tests of the task table, the VTAB-1k layout reader/writer and the embedded suite (spec §8)."""
+"""Tests of the task table, the three on-disk formats (VTAB-1k, FGVC, CIFAR-100), their splits and
+checks, the embedded suite and the fixture writers (spec §8)."""
 
+import hashlib
+import json
+import pickle
 import re
+import shutil
 import socket
 
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 from esta import data, embedded
-from esta.data import TASKS, VtabFolder, eval_transform, load_tensors, task_info, write_vtab_task
+from esta.data import (TASKS, VtabFolder, check_task, eval_transform, load_tensors, mode_splits, open_split,
+                       task_info, write_vtab_task)
+from fixtures import (fgvc_class_ids, write_cifar100_fixture, write_fgvc_fixture, write_vit_weights,
+                      write_vtab_fixture)
 
 LINE = re.compile(r"^images/(train800|val200|test)/\d{6}\.jpg (\d+)$")
 SMALL = dict(n_train=48, n_val=16, n_test=32)  # 48 = 3 x 16, so every class of every task fits in train800
@@ -51,14 +60,10 @@ def test_embedded_table_consistent():
     assert len(rows) >= 6 and {g for g, _ in rows.values()} == {"Natural", "Specialized", "Structured"}
 
 
-def test_unknown_task_and_mode_fail_with_name():
+def test_unknown_task_fails_with_name():
     with pytest.raises(ValueError, match="vtab/no_such_task") as e:
         task_info("vtab/no_such_task")
     assert "vtab/dtd" in str(e.value)
-    with pytest.raises(ValueError, match="warmup"):
-        data.split_files("warmup")
-    assert data.split_files("tuning") == ("train800", "val200")
-    assert data.split_files("final") == ("train800val200", "test")
 
 
 def test_taskinfo_validates():
@@ -66,6 +71,9 @@ def test_taskinfo_validates():
         data.TaskInfo("x/y", "x", "y", 1, "Natural")
     with pytest.raises(ValueError, match="Nature"):
         data.TaskInfo("x/y", "x", "y", 3, "Nature")
+    with pytest.raises(ValueError, match="folder"):
+        data.TaskInfo("x/y", "x", "y", 3, "Natural", folder="../y")
+    assert data.TaskInfo("x/y", "x", "y", 3, "Natural").folder == "x/y"
 
 
 # ---- embedded suite -----------------------------------------------------------------------------
@@ -210,11 +218,288 @@ def test_any_image_mode_and_size_becomes_rgb(tmp_path):
         assert x.shape == (3, 32, 32) and y == i
 
 
-def test_open_split_reads_suite_layout(tmp_path):
-    embedded.make_task("sprite_ori", tmp_path / "embedded" / "sprite_ori", seed=0, n_train=16, n_val=8, n_test=8)
-    ds = data.open_split(tmp_path, "embedded/sprite_ori", "val200", img_size=24)
-    assert len(ds) == 8 and ds[0][0].shape == (3, 24, 24)
-    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "vtab" / "dtd" / "test.txt"))):
-        data.open_split(tmp_path, "vtab/dtd", "test", img_size=32)
-    with pytest.raises(ValueError, match="fgvc/cub"):
-        data.open_split(tmp_path, "fgvc/cub", "test", img_size=32)
+# ---- data root layout, splits -------------------------------------------------------------------
+
+def test_task_folders_follow_the_data_root_layout(tmp_path):
+    fgvc = {t.name: (t.folder, t.image_dir) for t in TASKS.values() if t.suite == "fgvc"}
+    assert fgvc == {"cub": ("fgvc/CUB_200_2011", "images"), "nabirds": ("fgvc/nabirds", "images"),
+                    "oxford_flowers": ("fgvc/OxfordFlower", ""), "stanford_dogs": ("fgvc/Stanford-dogs", "Images"),
+                    "stanford_cars": ("fgvc/Stanford-cars", "")}
+    for t in TASKS.values():
+        expected = {"vtab": f"vtab-1k/{t.name}", "embedded": f"embedded/{t.name}", "cifar": "cifar100"}
+        assert t.folder == expected.get(t.suite, t.folder)
+        assert t.suite == "fgvc" or t.image_dir == ""
+    assert data.task_path(tmp_path, "vtab/dtd") == tmp_path / "vtab-1k" / "dtd"
+    for folder in ["vtab-1k/<name>/", "cifar100/cifar-100-python/", "embedded/<name>/"] + [f + "/" for f, _ in
+                                                                                        fgvc.values()]:
+        assert folder in data.DATA_ROOT_LAYOUT
+
+
+@pytest.mark.parametrize("task_id,tuning,final", [
+    ("vtab/dtd", ("train800", "val200"), ("train800val200", "test")),
+    ("embedded/digits", ("train800", "val200"), ("train800val200", "test")),
+    ("fgvc/cub", ("train", "val"), ("trainval", "test")),
+    ("cifar100", ("train90", "val10"), ("train", "test")),
+])
+def test_mode_splits_per_suite(task_id, tuning, final):
+    assert mode_splits(task_id, "tuning") == tuning and mode_splits(task_id, "final") == final
+    assert set(tuning + final) <= set(data.task_splits(task_id))
+    with pytest.raises(ValueError, match="'warmup'.*'tuning', 'final'"):
+        mode_splits(task_id, "warmup")
+    # only FGVC training splits are augmented (so everything else may be cached in RAM)
+    assert [data.augmented(task_id, s) for s in tuning + final] == [task_id == "fgvc/cub", False] * 2
+
+
+def test_cifar_val_indices_partition_reproducibly():
+    train90, val10 = data.cifar_val_indices(50_000)
+    assert len(val10) == 5000 and len(train90) == 45_000
+    assert not set(train90) & set(val10) and sorted(train90 + val10) == list(range(50_000))
+    assert data.cifar_val_indices(50_000) == (train90, val10)
+    assert val10 != list(range(5000)) and val10 != data.cifar_val_indices(50_000, seed=1)[1]
+    assert len(data.cifar_val_indices(205)[1]) == round(20.5)  # Python rounds half to even: 20
+    with pytest.raises(ValueError, match="3 images"):
+        data.cifar_val_indices(3)
+
+
+# ---- round trips through the three formats ------------------------------------------------------
+
+def _sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _assert_files_described(report, folder, names):
+    assert sorted(report["files"]) == sorted(names)
+    for name in names:
+        assert report["files"][name] == {"bytes": (folder / name).stat().st_size, "sha256": _sha256(folder / name)}
+
+
+def test_vtab_fixture_round_trip(tmp_path):
+    folders = write_vtab_fixture(tmp_path, names=("dtd", "eurosat"), n=(8, 4, 6))
+    assert folders == [tmp_path / "vtab-1k/dtd", tmp_path / "vtab-1k/eurosat"]
+    modes, sizes = set(), set()
+    for path in sorted(folders[0].rglob("images/*/*")):
+        with Image.open(path) as im:
+            modes.add(im.mode)
+            sizes.add(im.size)
+    assert modes == {"L", "RGB", "CMYK", "P"} and len(sizes) == 3
+    report = check_task(folders[0], "vtab/dtd")
+    assert report["task"] == "vtab/dtd" and report["suite"] == "vtab" and report["num_classes"] == 47
+    assert report["splits"] == {"train800": 8, "val200": 4, "train800val200": 12, "test": 6}
+    _assert_files_described(report, folders[0], data.VTAB_LIST_FILES)
+    for split in data.task_splits("vtab/dtd"):
+        ds = open_split(folders[0], "vtab/dtd", split, img_size=24)
+        lines = (folders[0] / f"{split}.txt").read_text().splitlines()
+        assert len(ds) == len(lines) == report["splits"][split]
+        for i in range(len(ds)):
+            x, y = ds[i]
+            assert x.dtype == torch.float32 and x.shape == (3, 24, 24) and y == int(lines[i].split()[1])
+    # the reader is told the task folder, never the suite parent
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "vtab-1k"))):
+        open_split(tmp_path / "vtab-1k", "vtab/dtd", "test", img_size=24)
+
+
+def test_fgvc_fixture_round_trip_remaps_sorted_ids(tmp_path):
+    folder = write_fgvc_fixture(tmp_path, "oxford_flowers")
+    assert folder == tmp_path / "fgvc/OxfordFlower"
+    files = {s: json.loads((folder / f"{s}.json").read_text()) for s in ("train", "val", "test")}
+    ids = sorted({c for f in files.values() for c in f.values()})
+    assert ids == fgvc_class_ids(102) and len(ids) == 102 and ids[0] == 1 and ids[-1] > 102
+    assert list(files["train"].values()) != ids  # files list ids unsorted, so the order of first sight is wrong
+    report = check_task(folder, "fgvc/oxford_flowers")
+    assert report["splits"] == {"train": 102, "val": 6, "trainval": 108, "test": 8}
+    _assert_files_described(report, folder, data.FGVC_JSON_FILES)
+    opened = {s: open_split(folder, "fgvc/oxford_flowers", s, img_size=32) for s in data.task_splits(report["task"])}
+    for split, ds in opened.items():
+        assert isinstance(ds, data.FgvcJson) and ds.class_ids == ids and len(ds) == report["splits"][split]
+        entries = {**files["train"], **files["val"]} if split == "trainval" else files[split]
+        assert dict(zip(ds.keys, ds.labels, strict=True)) == {k: ids.index(c) for k, c in entries.items()}
+    assert set(opened["trainval"].keys) == set(files["train"]) | set(files["val"])
+    assert sorted(opened["train"].labels) == list(range(102))
+    x, y = opened["test"][0]
+    assert x.dtype == torch.float32 and x.shape == (3, 32, 32)
+    # the image root of the table is honoured
+    dogs = write_fgvc_fixture(tmp_path, "stanford_dogs", n_val=2, n_test=2)
+    key = next(iter(json.loads((dogs / "test.json").read_text())))
+    assert (dogs / "Images" / key).is_file() and "/" in key
+    assert check_task(dogs, "fgvc/stanford_dogs")["splits"]["test"] == 2
+
+
+def test_fgvc_augments_training_splits_only(tmp_path):
+    folder = write_fgvc_fixture(tmp_path, "oxford_flowers")
+    torch.manual_seed(0)
+
+    def reads_differ(ds, n=8):
+        return [not torch.equal(ds[i][0], ds[i][0]) for i in range(n)]
+
+    for split in ("train", "trainval"):
+        assert any(reads_differ(open_split(folder, "fgvc/oxford_flowers", split, img_size=32)))
+        assert not any(reads_differ(open_split(folder, "fgvc/oxford_flowers", split, 32, augment=False)))
+    for split in ("val", "test"):
+        assert not any(reads_differ(open_split(folder, "fgvc/oxford_flowers", split, img_size=32), n=6))
+    # augmented and eval transforms agree on size and normalisation scale
+    a = open_split(folder, "fgvc/oxford_flowers", "train", 32)[0][0]
+    b = open_split(folder, "fgvc/oxford_flowers", "train", 32, augment=False)[0][0]
+    assert a.shape == b.shape == (3, 32, 32) and abs(a.mean() - b.mean()) < 0.5
+    with pytest.raises(ValueError, match="augmentation"):
+        open_split(write_vtab_fixture(tmp_path, names=("dtd",), n=(1, 1, 1))[0], "vtab/dtd", "test", 32, augment=True)
+
+
+def test_cifar100_fixture_round_trip(tmp_path):
+    folder = write_cifar100_fixture(tmp_path, n_train=200, n_test=50)
+    assert folder == tmp_path / "cifar100"
+    with open(folder / "cifar-100-python/train", "rb") as f:
+        raw = pickle.load(f, encoding="latin1")
+    report = check_task(folder, "cifar100")
+    assert report["splits"] == {"train": 200, "test": 50, "train90": 180, "val10": 20}
+    _assert_files_described(report, folder, ["cifar-100-python/train", "cifar-100-python/test",
+                                             "cifar-100-python/meta"])
+    train = open_split(folder, "cifar100", "train", img_size=32)
+    assert isinstance(train, torchvision.datasets.CIFAR100) and train.targets == raw["fine_labels"]
+    assert len(train.classes) == 100
+    # row-major CHW rows become the right HWC images
+    assert np.array_equal(train.data[7], raw["data"][7].reshape(3, 32, 32).transpose(1, 2, 0))
+    x, y = train[7]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == raw["fine_labels"][7]
+    parts = {s: open_split(folder, "cifar100", s, img_size=16) for s in ("train90", "val10")}
+    assert all(isinstance(p, torch.utils.data.Subset) for p in parts.values())
+    i90, i10 = parts["train90"].indices, parts["val10"].indices
+    assert (len(i90), len(i10)) == (180, 20) and not set(i90) & set(i10) and sorted(i90 + i10) == list(range(200))
+    assert open_split(folder, "cifar100", "val10", img_size=16).indices == i10
+    x, y = parts["val10"][3]
+    assert x.shape == (3, 16, 16) and y == raw["fine_labels"][i10[3]]
+    assert len(open_split(folder, "cifar100", "test", img_size=32)) == 50
+
+
+# ---- check_task failures ------------------------------------------------------------------------
+
+def _break_vtab(tmp_path, fault):
+    """A VTAB task with one fault; returns (task dir, path the error must name, extra message regex)."""
+    folder = write_vtab_fixture(tmp_path, names=("eurosat",), n=(4, 2, 3))[0]
+    test_list = folder / "test.txt"
+    lines = test_list.read_text().splitlines()
+    image = folder / lines[1].split()[0]
+    if fault == "missing split file":
+        (folder / "val200.txt").unlink()
+        return folder, folder / "val200.txt", "train800val200.txt"
+    if fault == "listed image absent":
+        image.unlink()
+        return folder, image, f"{test_list}:2"
+    if fault == "random-bytes image":
+        image.write_bytes(np.random.default_rng(0).bytes(300))
+        return folder, image, f"{test_list}:2"
+    if fault == "empty image file":
+        image.write_bytes(b"")
+        return folder, image, f"{test_list}:2"
+    if fault == "label out of range":
+        lines[2] = lines[2].split()[0] + " 10"
+        test_list.write_text("\n".join(lines) + "\n")
+        return folder, test_list, r":3: label 10 outside \[0, 10\)"
+    if fault == "malformed line":
+        lines[0] = lines[0].split()[0]
+        test_list.write_text("\n".join(lines) + "\n")
+        return folder, test_list, ":1: malformed"
+    raise AssertionError(fault)
+
+
+@pytest.mark.parametrize("fault", ["missing split file", "listed image absent", "random-bytes image",
+                                   "empty image file", "label out of range", "malformed line"])
+def test_check_task_names_path_of_vtab_fault(tmp_path, fault):
+    folder, path, extra = _break_vtab(tmp_path, fault)
+    with pytest.raises((OSError, ValueError)) as e:
+        check_task(folder, "vtab/eurosat")
+    assert str(path) in str(e.value) and re.search(extra, str(e.value)), str(e.value)
+
+
+def test_check_task_names_path_of_fgvc_fault(tmp_path):
+    folder = write_fgvc_fixture(tmp_path, "oxford_flowers")
+    train = json.loads((folder / "train.json").read_text())
+    # drop a class id that appears only in train.json: 101 distinct ids instead of 102
+    others = set(json.loads((folder / "val.json").read_text()).values()) | set(
+        json.loads((folder / "test.json").read_text()).values())
+    key = next(k for k, c in train.items() if c not in others)
+    (folder / "train.json").write_text(json.dumps({k: c for k, c in train.items() if k != key}))
+    with pytest.raises(ValueError, match=re.escape(str(folder)) + ".*101 distinct class ids.*102 classes"):
+        check_task(folder, "fgvc/oxford_flowers")
+    with pytest.raises(ValueError, match="101 distinct"):
+        open_split(folder, "fgvc/oxford_flowers", "test", 32)
+    (folder / "train.json").write_text(json.dumps(train)[:-5])
+    with pytest.raises(ValueError, match=re.escape(str(folder / "train.json")) + ".*malformed JSON.*line 1"):
+        check_task(folder, "fgvc/oxford_flowers")
+    (folder / "train.json").write_text(json.dumps(train))
+    (folder / key).write_bytes(b"\x00" * 64)
+    with pytest.raises(OSError, match=re.escape(str(folder / "train.json")) + f".*{re.escape(key)}.*"
+                       + re.escape(str(folder / key))):
+        check_task(folder, "fgvc/oxford_flowers")
+    (folder / key).unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(str(folder / key))):
+        check_task(folder, "fgvc/oxford_flowers")
+    (folder / "val.json").unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(str(folder / "val.json")) + ".*train.json, val.json"):
+        check_task(folder, "fgvc/oxford_flowers")
+
+
+def test_check_task_names_path_of_cifar_fault(tmp_path):
+    folder = write_cifar100_fixture(tmp_path, n_train=20, n_test=10)
+    train = folder / "cifar-100-python/train"
+    entry = pickle.loads(train.read_bytes(), encoding="latin1")
+    entry["fine_labels"][4] = 100
+    train.write_bytes(pickle.dumps(entry, protocol=2))
+    with pytest.raises(ValueError, match=re.escape(str(train)) + r".*fine_labels\[4\] = 100"):
+        check_task(folder, "cifar100")
+    entry["fine_labels"][4], entry["data"] = 3, entry["data"].reshape(20, 32, 32, 3)
+    train.write_bytes(pickle.dumps(entry, protocol=2))
+    with pytest.raises(ValueError, match=re.escape(str(train)) + r".*\(N, 3072\)"):
+        check_task(folder, "cifar100")
+    train.write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match=re.escape(str(train))):
+        check_task(folder, "cifar100")
+    (folder / "cifar-100-python/meta").unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(str(folder / "cifar-100-python/meta"))):
+        open_split(folder, "cifar100", "test", 32)
+    shutil.rmtree(folder / "cifar-100-python")
+    with pytest.raises(FileNotFoundError, match=re.escape(str(folder / "cifar-100-python")) +
+                       re.escape(r"; expected <task_dir>/cifar-100-python/{train,test,meta}")):
+        check_task(folder, "cifar100")
+
+
+def test_check_task_missing_folder_and_unknown_task(tmp_path):
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nowhere")) + ".*vtab-1k/dtd/"):
+        check_task(tmp_path / "nowhere", "vtab/dtd")
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nowhere")) + ".*train.json"):
+        open_split(tmp_path / "nowhere", "fgvc/cub", "test", 32)
+    with pytest.raises(ValueError, match="'fgvc/cub200'.*fgvc/cub"):
+        check_task(tmp_path, "fgvc/cub200")
+    with pytest.raises(ValueError, match="'val200'.*'train', 'val', 'trainval', 'test'"):
+        open_split(tmp_path, "fgvc/cub", "val200", 32)
+
+
+# ---- fixture writers ----------------------------------------------------------------------------
+
+def test_fixture_writers_are_deterministic(tmp_path):
+    def written(root, seed):
+        write_vtab_fixture(root, names=("dtd",), n=(3, 2, 2), seed=seed)
+        write_fgvc_fixture(root, "oxford_flowers", seed=seed)
+        write_cifar100_fixture(root, n_train=10, n_test=10, seed=seed)
+        return _files(root)
+
+    a, b, c = written(tmp_path / "a", 0), written(tmp_path / "b", 0), written(tmp_path / "c", 1)
+    assert a == b and a != c
+    assert a.keys() - c.keys()  # another seed draws other class ids, so other FGVC paths
+
+
+def test_write_vit_weights_loads_as_in21k_checkpoint(tmp_path, no_network):
+    import timm
+    from safetensors.torch import load_file
+
+    (path,) = write_vit_weights(tmp_path, names=("vit_tiny_patch16_224",))
+    assert path == tmp_path / "vit_tiny_patch16_224.augreg_in21k.safetensors"
+    saved = load_file(path)
+    assert saved["head.weight"].shape == (21843, 192)
+    torch.manual_seed(12345)  # random init differs from the file's, so equality below means it was loaded
+    model = timm.create_model("vit_tiny_patch16_224.augreg_in21k", pretrained=True, num_classes=10,
+                              pretrained_cfg_overlay=dict(file=str(path), num_classes=21843))
+    state = model.state_dict()
+    assert state["head.weight"].shape == (10, 192)
+    backbone = [k for k in saved if not k.startswith("head.")]
+    assert len(backbone) > 100 and set(backbone) == {k for k in state if not k.startswith("head.")}
+    assert all(torch.equal(state[k], saved[k]) for k in backbone)

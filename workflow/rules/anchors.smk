@@ -19,25 +19,51 @@ rule pretrain_anchor:
         f"{R}/logs/pretrain_anchor/{{family}}/anchor{{i}}.log",
     benchmark:
         f"{R}/benchmarks/pretrain_anchor/{{family}}/anchor{{i}}.tsv"
+    wildcard_constraints:
+        family="embedded",
     conda:
         "../envs/esta.yaml"
     threads: heavy_threads()
     params:
         torch_threads=config["threads"],
         family=lambda w: w.family,
+        img_size=config["data"]["img_size"],
         train={
             k: config["anchors"]["pretrain"][k]
             for k in ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs")
         },
-        split="train",
-        eval_split="val",
-        img_size=config["data"]["img_size"],
         num_workers=config["data"]["num_workers"],
         device=config["device"],
         checkpoint_every_s=config["checkpoint_every_s"],
         ckpt_dir=lambda w: f"{R}/.checkpoints/anchors/{w.family}/anchor{w.i}",
     script:
         "../scripts/train_anchor.py"
+
+
+rule register_weights:
+    """Load one local pretrained weight file into its timm architecture and store it as an anchor
+    (no file input: weights_root is a param; a changed file reruns it)."""
+    input:
+        code=code("anchors", "build"),
+    output:
+        weights=f"{R}/anchors/{{family}}/anchor{{i}}.safetensors",
+        info=f"{R}/anchors/{{family}}/anchor{{i}}.json",
+    log:
+        f"{R}/logs/register_weights/{{family}}/anchor{{i}}.log",
+    benchmark:
+        f"{R}/benchmarks/register_weights/{{family}}/anchor{{i}}.tsv"
+    wildcard_constraints:
+        family="(?!embedded/)[A-Za-z0-9_-]+",
+    conda:
+        "../envs/esta.yaml"
+    params:
+        family=lambda w: w.family,
+        img_size=config["data"]["img_size"],
+        weights_root=config["weights_root"],
+        file=weights_file,
+        fingerprint=weights_fingerprint,
+    script:
+        "../scripts/register_weights.py"
 
 
 rule anchors_table:
@@ -64,6 +90,7 @@ rule stitch_table:
         "../envs/esta.yaml"
     params:
         family=config["family"],
+        img_size=config["data"]["img_size"],
         tasks=config["tasks"],
     script:
         "../scripts/stitch_table.py"

@@ -57,6 +57,106 @@ def slug(task):
     return re.sub(r"[^\w]", "-", task)
 
 
+EXTERNAL = [t for t in config["tasks"] if not t.startswith("embedded/")]
+if config["anchors"]["source"] == "pretrain" and config["family"] != "embedded":
+    raise ValueError(
+        f"anchors.source 'pretrain' trains only the embedded family, not {config['family']!r}; "
+        "use anchors.source: files with weights_root and anchors.weights"
+    )
+if config["anchors"]["source"] == "files" and len(
+    config["anchors"]["weights"] or ANCHORS
+) != len(ANCHORS):
+    raise ValueError(
+        f"anchors.weights lists {len(config['anchors']['weights'])} files; "
+        f"family {config['family']!r} has {len(ANCHORS)} anchors"
+    )
+
+
+ABL = config["ablations"]
+ABLATIONS = ["bias", "sampling", "selection", "rank"]
+for _name in ("bias", "sampling", "rank"):
+    for _v in ABL[_name]:
+        if _v not in config["variants"]:
+            raise ValueError(
+                f"ablations.{_name} names variant {_v!r}, which is not in variants "
+                f"({sorted(config['variants'])})"
+            )
+for _t in ABL["tasks"]:
+    if _t not in config["tasks"]:
+        raise ValueError(f"ablations.tasks lists {_t!r}, which is not in tasks")
+
+
+def ablation_variants(name):
+    """Variants an ablation compares; `selection` compares two deployments of the default model."""
+    return ["default"] if name == "selection" else ABL[name]
+
+
+def ablation_inputs(w):
+    """Per-task metrics of each compared variant; for `selection`, the default ESTA model's
+    importance deployment and its accuracy on the selection and test splits."""
+    if w.name != "selection":
+        return dict(
+            metrics=expand(
+                f"{R}/esta/{{variant}}/{{task}}/metrics.csv",
+                variant=ABL[w.name],
+                task=ABL["tasks"],
+            )
+        )
+    run = f"{R}/esta/default/{{task}}/seed{{seed}}/tuning"
+    kw = dict(task=ABL["tasks"], seed=config["seeds"])
+    return dict(
+        deployed=expand(f"{run}/deployed.csv", **kw),
+        selection=expand(f"{run}/stitch_accuracy_selection.csv", **kw),
+        test=expand(f"{run}/stitch_accuracy_test.csv", **kw),
+        stitches=f"{R}/tables/stitches.csv",
+        train=expand(f"{run}/train.json", **kw),
+    )
+
+
+def stat_files(folder, depth=2):
+    """(name, bytes, mtime) of the non-image files under `folder`, up to `depth` levels: a cheap
+    fingerprint of a data set's list files, taken when the DAG is built."""
+    if not os.path.isdir(folder):
+        return f"missing: {folder}"
+    out = []
+    for here, dirs, files in os.walk(folder):
+        rel = os.path.relpath(here, folder)
+        if rel.count(os.sep) + 1 >= depth:
+            dirs.clear()
+        for f in sorted(files):
+            if not f.lower().endswith((".jpg", ".jpeg", ".png")):
+                st = os.stat(os.path.join(here, f))
+                out.append((os.path.join(rel, f), st.st_size, int(st.st_mtime)))
+    return sorted(out)
+
+
+def data_fingerprint(w):
+    """Changed list files of an external task change this param, which reruns register_data."""
+    if config["data_root"] is None:
+        return "data_root unset"
+    from esta.data import (
+        task_info,
+    )  # imported only for external tasks (torch import cost)
+
+    return stat_files(os.path.join(config["data_root"], task_info(w.task).folder))
+
+
+def weights_file(w):
+    files = config["anchors"]["weights"]
+    return None if files is None else files[int(w.i)]
+
+
+def weights_fingerprint(w):
+    """A changed weight file changes this param, which reruns register_weights."""
+    if config["weights_root"] is None or weights_file(w) is None:
+        return "weights unset"
+    path = os.path.join(config["weights_root"], weights_file(w))
+    if not os.path.isfile(path):
+        return f"missing: {path}"
+    st = os.stat(path)
+    return [st.st_size, int(st.st_mtime)]
+
+
 def anchor_files(wildcards):
     """Pretrained anchors (ESTA, SN-Net adapt) of the configured family."""
     return expand(f"{R}/anchors/{config['family']}/anchor{{i}}.safetensors", i=ANCHORS)
@@ -80,9 +180,19 @@ def get_final_output():
         f"{R}/figures/pareto_all.pdf",
         f"{R}/figures/pareto_all.png",
     ]
+    slugs = [slug(t) for t in config["tasks"]]
     out += expand(
-        f"{R}/figures/pareto_{{slug}}.pdf", slug=[slug(t) for t in config["tasks"]]
+        f"{R}/figures/pareto_{{slug}}.{{ext}}", slug=slugs, ext=["pdf", "png"]
     )
+    out += expand(f"{R}/tables/pareto_{{slug}}.csv", slug=slugs)
+    out += expand(
+        f"{R}/tables/{{name}}.csv",
+        name=["accuracy_by_task", "accuracy_by_group", "cost"],
+    )
+    figures = [f"ablation_{a}" for a in ABLATIONS]
+    figures += ["importance_vs_accuracy", "grad_interference"]
+    out += expand(f"{R}/figures/{{fig}}.{{ext}}", fig=figures, ext=["pdf", "png"])
+    out += expand(f"{R}/tables/{{fig}}.csv", fig=figures)
     out += expand(
         f"{R}/{{method}}/default/{{task}}/deployed/seed{{seed}}",
         method=METHODS,
@@ -98,18 +208,39 @@ def ls_init_anchors(w):
     return expand(f"{run_dir(w)}/{w.mode}/adapt/anchor{{i}}.safetensors", i=ANCHORS)
 
 
-def model_inputs(w):
-    """Anchors, stitching layers and trained state of the model reported on the test split."""
-    d = f"{run_dir(w)}/{eval_mode()}"
-    if w.method == "esta":
-        anchors = anchor_files(w)
-    else:
-        anchors = expand(f"{d}/adapt/anchor{{i}}.safetensors", i=ANCHORS)
-    return dict(
-        anchors=anchors,
-        stitch=f"{d}/stitch_init.safetensors",
-        model=f"{d}/model.safetensors",
-    )
+def esta_stitch_init(mode=None):
+    """Input function: ESTA's LS-initialised stitching layers depend only on the pretrained anchors,
+    the task and the seed, so every ESTA variant uses those of the default variant."""
+
+    def inputs(w):
+        m = mode or w.mode
+        return f"{R}/esta/default/{w.task}/seed{w.seed}/{m}/stitch_init.safetensors"
+
+    return inputs
+
+
+def trained_model(mode):
+    """Input function: anchors, stitching layers and trained state of the `mode` model."""
+
+    def inputs(w):
+        d = f"{run_dir(w)}/{mode}"
+        if w.method == "esta":
+            anchors = anchor_files(w)
+            stitch = esta_stitch_init(mode)(w)
+        else:
+            anchors = expand(f"{d}/adapt/anchor{{i}}.safetensors", i=ANCHORS)
+            stitch = f"{d}/stitch_init.safetensors"
+        return dict(
+            anchors=anchors,
+            stitch=stitch,
+            model=f"{d}/model.safetensors",
+        )
+
+    return inputs
+
+
+# the model whose test accuracy is reported (final mode when retrain_final)
+model_inputs = trained_model(eval_mode())
 
 
 def benchmark_files(variants=("default",)):
@@ -118,7 +249,13 @@ def benchmark_files(variants=("default",)):
     modes = sorted({"tuning", eval_mode()})
     run = "{variant}/{task}/seed{seed}"
     kw = dict(variant=variants, task=config["tasks"], seed=config["seeds"])
-    files = expand(f"{B}/pretrain_anchor/{config['family']}/anchor{{i}}.tsv", i=ANCHORS)
+    anchor_step = (
+        "pretrain_anchor"
+        if config["anchors"]["source"] == "pretrain"
+        else "register_weights"
+    )
+    files = expand(f"{B}/{anchor_step}/{config['family']}/anchor{{i}}.tsv", i=ANCHORS)
+    files += expand(f"{B}/register_data/{{task}}.tsv", task=EXTERNAL)
     files += expand(
         f"{B}/ls_init/{{method}}/{run}/{{mode}}.tsv", method=METHODS, mode=modes, **kw
     )
@@ -130,6 +267,7 @@ def benchmark_files(variants=("default",)):
     files += expand(
         f"{B}/{{step}}/{run}.tsv", step=["select_esta", "snnet_deploy"], **kw
     )
+    files += expand(f"{B}/evaluate_stitches/snnet/{run}/selection.tsv", **kw)
     files += expand(
         f"{B}/{{step}}/{{method}}/{run}.tsv",
         step=["evaluate_deployed", "export_deployed"],

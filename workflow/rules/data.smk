@@ -29,6 +29,29 @@ rule prepare_data:
         "../scripts/prepare_data.py"
 
 
+rule register_data:
+    """Check an external task folder under data_root and describe it in a manifest (no file input:
+    the data root is a param, so the DAG plans without the data; changed list files rerun it).
+    """
+    input:
+        code=code("data", "build"),
+    output:
+        f"{R}/data/{{task}}/manifest.json",
+    log:
+        f"{R}/logs/register_data/{{task}}.log",
+    benchmark:
+        f"{R}/benchmarks/register_data/{{task}}.tsv"
+    wildcard_constraints:
+        task="(?:vtab|fgvc)/[A-Za-z0-9_]+|cifar100",
+    conda:
+        "../envs/esta.yaml"
+    params:
+        data_root=config["data_root"],
+        fingerprint=data_fingerprint,
+    script:
+        "../scripts/register_data.py"
+
+
 rule prepare_upstream:
     input:
         code=code("data", "embedded"),

@@ -4,7 +4,7 @@ TRAIN_CODE = code("anchors", "stitch", "adapt", "sampling", "train", "build", "d
 rule train_esta:
     input:
         anchors=anchor_files,
-        stitch=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/stitch_init.safetensors",
+        stitch=esta_stitch_init(),
         data=f"{R}/data/{{task}}/manifest.json",
         code=TRAIN_CODE,
     output:
@@ -12,6 +12,7 @@ rule train_esta:
         history=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/train_log.csv",
         stats=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/importance.csv",
         info=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/train.json",
+        snapshots=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/snapshots.safetensors",
     log:
         f"{R}/logs/train_esta/{{variant}}/{{task}}/seed{{seed}}/{{mode}}.log",
     benchmark:
@@ -40,7 +41,7 @@ rule select_esta:
         stats=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/importance.csv",
         stitches=f"{R}/tables/stitches.csv",
         anchors=anchor_files,
-        stitch=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/stitch_init.safetensors",
+        stitch=esta_stitch_init("tuning"),
         model=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/model.safetensors",
         data=f"{R}/data/{{task}}/manifest.json",
         code=code("sampling", "pareto", "build"),

@@ -1,3 +1,33 @@
+rule evaluate_stitches:
+    """Accuracy of every stitch of a tuning-mode model on the selection or the test split (SN-Net's
+    `deploy` step; for ESTA only the selection ablation and the importance analysis)."""
+    input:
+        unpack(trained_model("tuning")),
+        data=f"{R}/data/{{task}}/manifest.json",
+        code=code("evaluate", "build", "data"),
+    output:
+        f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/tuning/stitch_accuracy_{{split}}.csv",
+    log:
+        f"{R}/logs/evaluate_stitches/{{method}}/{{variant}}/{{task}}/seed{{seed}}/{{split}}.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate_stitches/{{method}}/{{variant}}/{{task}}/seed{{seed}}/{{split}}.tsv"
+    wildcard_constraints:
+        split="selection|test",
+    conda:
+        "../envs/esta.yaml"
+    threads: heavy_threads()
+    params:
+        torch_threads=config["threads"],
+        family=config["family"],
+        method=lambda w: method_config(w.variant),
+        img_size=config["data"]["img_size"],
+        batch_size=config["eval"]["batch_size"],
+        num_workers=config["data"]["num_workers"],
+        device=config["device"],
+    script:
+        "../scripts/evaluate_stitches.py"
+
+
 rule evaluate_deployed:
     """Test accuracy of every deployed stitch (ids chosen in tuning mode)."""
     input:
@@ -21,7 +51,6 @@ rule evaluate_deployed:
         img_size=config["data"]["img_size"],
         batch_size=config["eval"]["batch_size"],
         device=config["device"],
-        split="test",
     script:
         "../scripts/evaluate_deployed.py"
 
@@ -45,6 +74,7 @@ rule export_deployed:
         torch_threads=config["threads"],
         family=config["family"],
         method=lambda w: method_config(w.variant),
+        img_size=config["data"]["img_size"],
         mode=eval_mode(),
     script:
         "../scripts/export_deployed.py"

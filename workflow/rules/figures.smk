@@ -10,10 +10,15 @@ rule pareto_table:
         pareto=f"{R}/tables/pareto_all.csv",
         tasks=f"{R}/tables/pareto_tasks.csv",
         deployed=f"{R}/tables/deployed.csv",
+        per_task=expand(
+            f"{R}/tables/pareto_{{slug}}.csv", slug=[slug(t) for t in config["tasks"]]
+        ),
     log:
         f"{R}/logs/pareto_table.log",
     conda:
         "../envs/esta.yaml"
+    params:
+        tasks=config["tasks"],
     script:
         "../scripts/pareto_table.py"
 
@@ -32,27 +37,29 @@ rule plot_pareto_all:
         f"{R}/logs/plot_pareto_all.log",
     conda:
         "../envs/esta.yaml"
-    params:
-        task=None,
     script:
-        "../scripts/plot_pareto.py"
+        "../scripts/plot.py"
 
 
 rule plot_pareto_task:
     input:
-        table=f"{R}/tables/pareto_tasks.csv",
+        table=f"{R}/tables/pareto_{{slug}}.csv",
     output:
-        pdf=f"{R}/figures/pareto_{{slug}}.pdf",
+        pdf=report(
+            f"{R}/figures/pareto_{{slug}}.pdf",
+            caption="../report/pareto_task.rst",
+            category="Pareto",
+            subcategory="{slug}",
+        ),
+        png=f"{R}/figures/pareto_{{slug}}.png",
     log:
         f"{R}/logs/plot_pareto/{{slug}}.log",
     wildcard_constraints:
         slug="(?:embedded|vtab|fgvc)-[A-Za-z0-9_]+|cifar100",
     conda:
         "../envs/esta.yaml"
-    params:
-        task=lambda w: w.slug.replace("-", "/", 1),
     script:
-        "../scripts/plot_pareto.py"
+        "../scripts/plot.py"
 
 
 rule merge_benchmarks:

@@ -18,8 +18,6 @@ rule snnet_adapt:
         torch_threads=config["threads"],
         family=config["family"],
         train=lambda w: method_config(w.variant)["snnet"]["adapt"],
-        split=lambda w: "train800" if w.mode == "tuning" else "train800val200",
-        eval_split=lambda w: "val200" if w.mode == "tuning" else None,
         img_size=config["data"]["img_size"],
         num_workers=config["data"]["num_workers"],
         device=config["device"],
@@ -67,33 +65,20 @@ rule snnet_stitch:
 
 
 rule snnet_deploy:
-    """SN-Net step 3: evaluate every stitch on the selection split, deploy the best per interval."""
+    """SN-Net step 3: per FLOPs interval, the stitch most accurate on the selection split."""
     input:
-        anchors=expand(
-            f"{R}/snnet/{{{{variant}}}}/{{{{task}}}}/seed{{{{seed}}}}/tuning/adapt/anchor{{i}}.safetensors",
-            i=ANCHORS,
-        ),
-        stitch=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/tuning/stitch_init.safetensors",
-        model=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/tuning/model.safetensors",
+        accuracy=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/tuning/stitch_accuracy_selection.csv",
         stitches=f"{R}/tables/stitches.csv",
-        data=f"{R}/data/{{task}}/manifest.json",
-        code=code("evaluate", "sampling", "pareto", "build", "data"),
+        code=code("sampling", "pareto"),
     output:
-        accuracy=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/tuning/selection_accuracy.csv",
-        deployed=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/tuning/deployed.csv",
+        f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/tuning/deployed.csv",
     log:
         f"{R}/logs/snnet_deploy/{{variant}}/{{task}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/snnet_deploy/{{variant}}/{{task}}/seed{{seed}}.tsv"
     conda:
         "../envs/esta.yaml"
-    threads: heavy_threads()
     params:
-        torch_threads=config["threads"],
-        family=config["family"],
         deploy=lambda w: method_config(w.variant)["deploy"],
-        img_size=config["data"]["img_size"],
-        batch_size=config["eval"]["batch_size"],
-        device=config["device"],
     script:
-        "../scripts/snnet_deploy.py"
+        "../scripts/deploy_by_accuracy.py"

@@ -4,19 +4,23 @@ import pandas as pd
 
 from esta import runtime
 from esta.build import adapt_config, assemble, open_task, read_manifest
+from esta.anchors import family_at
+from esta.data import mode_splits
 from esta.evaluate import evaluate
 from esta.train import pick_device
 
 log = runtime.start_job(snakemake)
 w, p, inp = snakemake.wildcards, snakemake.params, snakemake.input
 manifest = read_manifest(inp.data)
-model = assemble(p.family, manifest["num_classes"], inp.anchors, inp.stitch,
+model = assemble(family_at(p.family, p.img_size), manifest["num_classes"], inp.anchors, inp.stitch,
                  adapt_config(w.method, p.method[w.method]), state_file=inp.model)
 deployed = pd.read_csv(inp.deployed)
 device = pick_device(p.device)
-acc = evaluate(model, open_task(manifest, p.split, p.img_size), deployed["stitch_id"].tolist(),
+# reported numbers are always on the test split (spec §8)
+acc = evaluate(model, open_task(manifest, mode_splits(w.task, "final")[1], p.img_size), deployed["stitch_id"].tolist(),
                batch_size=p.batch_size, device=device)
 deployed["test_accuracy"] = deployed["stitch_id"].map(acc)
-deployed["device"] = str(device)
+prov = runtime.provenance(device)
+deployed = deployed.assign(**{k: prov[k] for k in ("device", "device_name", "dtype", "torch", "timm", "peft")})
 log.info("test accuracy of deployed stitches: %s", {k: round(v, 4) for k, v in acc.items()})
 runtime.write_csv(deployed, snakemake.output[0])

@@ -7,12 +7,14 @@ import pandas as pd
 from esta import runtime
 from esta.build import adapt_config, anchor_arch, assemble, load_tensors_file
 from esta.data import task_info
+from esta.anchors import family_at
 from esta.export import export_stitch
 
 log = runtime.start_job(snakemake)
 w, p, inp = snakemake.wildcards, snakemake.params, snakemake.input
+fam = family_at(p.family, p.img_size)
 deployed = pd.read_csv(inp.accuracy)
-model = assemble(p.family, task_info(w.task).num_classes, inp.anchors, inp.stitch,
+model = assemble(fam, task_info(w.task).num_classes, inp.anchors, inp.stitch,
                  adapt_config(w.method, p.method[w.method]), state_file=inp.model)
 trained = load_tensors_file(inp.model)[1]
 out = Path(snakemake.output[0])
@@ -20,7 +22,7 @@ files = []
 for row in deployed.itertuples():
     prov = dict(method=w.method, variant=w.variant, task=w.task, seed=int(w.seed), trained_in=p.mode,
                 test_accuracy=row.test_accuracy, training=trained)
-    files.append(export_stitch(model, int(row.stitch_id), out, anchor_arch(p.family), prov).name)
+    files.append(export_stitch(model, int(row.stitch_id), out, anchor_arch(fam), prov).name)
 deployed["file"] = files
 runtime.write_csv(deployed, out / "index.csv")
 log.info("exported %d stitches to %s", len(files), out)

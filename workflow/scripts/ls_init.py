@@ -4,18 +4,19 @@ import torch
 
 from esta import runtime
 from esta.build import load_anchors, open_task, read_manifest, save_tensors
-from esta.data import split_files
+from esta.anchors import family_at
+from esta.data import mode_splits
 from esta.stitch import StitchedViT, ls_init
 
 log = runtime.start_job(snakemake)
 w, p = snakemake.wildcards, snakemake.params
 manifest = read_manifest(snakemake.input.data)
-data = open_task(manifest, split_files(w.mode)[0], p.img_size)
+data = open_task(manifest, mode_splits(w.task, w.mode)[0], p.img_size, augment=False)
 g = torch.Generator().manual_seed(int(w.seed))
 idx = torch.randperm(len(data), generator=g)[: p.n_images].tolist()
 images = torch.stack([data[i][0] for i in idx])  # (N, 3, H, W), un-augmented
 
-net = StitchedViT(load_anchors(p.family, manifest["num_classes"], snakemake.input.anchors))
+net = StitchedViT(load_anchors(family_at(p.family, p.img_size), manifest["num_classes"], snakemake.input.anchors))
 residual = ls_init(net, images)
 for (pair, layer), r in sorted(residual.items()):
     log.info("pair %d layer %d: relative LS residual %.4f", pair, layer, r)

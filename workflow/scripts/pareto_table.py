@@ -10,5 +10,8 @@ runtime.start_job(snakemake)
 deployed = pd.concat([pd.read_csv(f) for f in snakemake.input], ignore_index=True)
 deployed["anchor"] = deployed["front"] == deployed["end"]
 runtime.write_csv(deployed_curves(deployed, by=["method"]), snakemake.output.pareto)
-runtime.write_csv(deployed_curves(deployed, by=["method", "task"]), snakemake.output.tasks)
+per_task = deployed_curves(deployed, by=["method", "task"])
+runtime.write_csv(per_task, snakemake.output.tasks)
+for task, out in zip(snakemake.params.tasks, snakemake.output.per_task):
+    runtime.write_csv(per_task[per_task["task"] == task], out)
 runtime.write_csv(deployed, snakemake.output.deployed)

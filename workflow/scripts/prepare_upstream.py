@@ -10,4 +10,4 @@ out = snakemake.params.folder  # the manifest sits in the folder it describes
 make_upstream(out, seed=snakemake.params.seed, n_classes=p["n_classes"], n_per_class=p["n_per_class"],
               n_val_per_class=p["n_val_per_class"])
 m = write_manifest(snakemake.output[0], out, "upstream", p["n_classes"])
-log.info("wrote %s: %s", out, {k: v["lines"] for k, v in m["splits"].items()})
+log.info("wrote %s: %s", out, m["splits"])

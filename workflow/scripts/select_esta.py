@@ -6,7 +6,8 @@ import torch
 
 from esta import runtime
 from esta.build import adapt_config, assemble, open_task, read_manifest
-from esta.data import split_files
+from esta.anchors import family_at
+from esta.data import mode_splits
 from esta.sampling import refresh_importance, select_deployed
 
 log = runtime.start_job(snakemake)
@@ -17,9 +18,9 @@ d = p.deploy
 score = stats["importance"].to_numpy()
 if d["importance_refresh"]:
     manifest = read_manifest(inp.data)
-    model = assemble(p.family, manifest["num_classes"], inp.anchors, inp.stitch,
+    model = assemble(family_at(p.family, p.img_size), manifest["num_classes"], inp.anchors, inp.stitch,
                      adapt_config("esta", p.method), state_file=inp.model)
-    data = open_task(manifest, split_files("tuning")[0], p.img_size)
+    data = open_task(manifest, mode_splits(manifest["task"], "tuning")[0], p.img_size, augment=False)
     g = torch.Generator().manual_seed(int(snakemake.wildcards.seed))
     idx = torch.randperm(len(data), generator=g)[: p.method["train"]["batch_size"]].tolist()
     x, y = (torch.stack(t) for t in zip(*[(data[i][0], torch.tensor(data[i][1])) for i in idx]))

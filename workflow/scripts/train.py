@@ -5,8 +5,10 @@ import pandas as pd
 import torch
 
 from esta import runtime
-from esta.build import adapt_config, assemble, open_task, read_manifest, save_tensors
-from esta.data import split_files
+from esta.build import adapt_config, assemble, data_key, open_task, read_manifest, save_tensors
+from esta.analysis import SNAPSHOT_FRACS, snapshot_steps
+from esta.anchors import family_at
+from esta.data import mode_splits
 from esta.sampling import SamplerConfig, StitchSampler
 from esta.train import TrainConfig, pick_device, train
 
@@ -15,12 +17,12 @@ w, p, inp, out = snakemake.wildcards, snakemake.params, snakemake.input, snakema
 seed = int(w.seed)
 method = {"train_esta": "esta", "snnet_stitch": "snnet"}[snakemake.rule]
 manifest = read_manifest(inp.data)
-data = open_task(manifest, split_files(w.mode)[0], p.img_size, p.num_workers)
+data = open_task(manifest, mode_splits(w.task, w.mode)[0], p.img_size, p.num_workers)
 device = pick_device(p.device)
 
 torch.manual_seed(seed)  # task heads are initialised here
 acfg = adapt_config(method, p.method)
-model = assemble(p.family, manifest["num_classes"], inp.anchors, inp.stitch, acfg)
+model = assemble(family_at(p.family, p.img_size), manifest["num_classes"], inp.anchors, inp.stitch, acfg)
 cfg = TrainConfig(**p.train, seed=seed, checkpoint_every_s=p.checkpoint_every_s, num_workers=p.num_workers)
 scfg = SamplerConfig(**p.sampler)
 sampler = StitchSampler(model.net.num_stitches, cfg.total_steps(len(data)), scfg, seed=seed)
@@ -29,12 +31,17 @@ log.info("%s on %s (%s): %d stitches, %d trainable parameters", method, w.task, 
          model.net.num_stitches, n_trainable)
 settings = dict(method=method, adapt=acfg.to_dict(), sampler=scfg.to_dict(), task=w.task, mode=w.mode,
                 inputs=[runtime.file_digest(f) for f in [inp.stitch, *inp.anchors]],
-                data=manifest["splits"])
-result = train(model, data, cfg, sampler, p.ckpt_dir, settings=settings, device=device)
+                data=data_key(manifest))
+# ESTA keeps snapshots of its trainable state for the gradient-interference analysis (spec §10)
+snap = snapshot_steps(sampler.total_steps) if "snapshots" in out.keys() else []
+result = train(model, data, cfg, sampler, p.ckpt_dir, settings=settings, device=device, snapshot_at=snap)
 
 meta = dict(method=method, task=w.task, seed=seed, mode=w.mode, adapt=acfg.to_dict(), sampler=scfg.to_dict(),
             train=cfg.to_dict(), provenance=runtime.provenance(device))
 save_tensors(model.trainable(), out.model, meta)
+if snap:
+    tensors = {f"{step}/{k}": v for step, state in result.snapshots.items() for k, v in state.items()}
+    save_tensors(tensors, out.snapshots, dict(meta, steps=snap, fracs=SNAPSHOT_FRACS, total_steps=sampler.total_steps))
 runtime.write_csv(pd.DataFrame(result.history), out.history)
 runtime.write_csv(sampler.stats(), out.stats)
 runtime.write_json(out.info, dict(meta, trainable_params=n_trainable, steps=result.steps,

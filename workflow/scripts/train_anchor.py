@@ -7,8 +7,9 @@ import torch
 
 from esta import runtime
 from esta.adapt import AdaptConfig, adapt
-from esta.anchors import family
-from esta.build import load_anchor, open_task, read_manifest, save_tensors
+from esta.anchors import family, family_at
+from esta.build import data_key, load_anchor, open_task, read_manifest, save_tensors
+from esta.data import mode_splits
 from esta.evaluate import evaluate
 from esta.sampling import SamplerConfig, StitchSampler
 from esta.stitch import StitchedViT
@@ -17,9 +18,13 @@ from esta.train import TrainConfig, pick_device, train
 log = runtime.start_job(snakemake)
 w, p, inp, out = snakemake.wildcards, snakemake.params, snakemake.input, snakemake.output
 i, seed = int(w.i), int(w.get("seed", w.i))
-spec = family(p.family)[i]
+spec = family(family_at(p.family, p.img_size))[i]
 manifest = read_manifest(inp.data)
-train_set = open_task(manifest, p.split, p.img_size, p.num_workers)
+# SN-Net adapt: the task's training split of this mode, selection split in tuning mode only;
+# pretraining: the upstream set's train/val.
+split, eval_split = mode_splits(manifest["task"], w.mode) if "mode" in w.keys() else ("train", "val")
+eval_split = None if w.get("mode") == "final" else eval_split
+train_set = open_task(manifest, split, p.img_size, p.num_workers)
 device = pick_device(p.device)
 
 torch.manual_seed(seed)
@@ -28,18 +33,18 @@ model = adapt(StitchedViT([anchor]), AdaptConfig(mode="full"))
 cfg = TrainConfig(**p.train, seed=seed, checkpoint_every_s=p.checkpoint_every_s, num_workers=p.num_workers)
 sampler = StitchSampler(1, cfg.total_steps(len(train_set)), SamplerConfig(kind="uniform"), seed=seed)
 inputs = {"anchor": runtime.file_digest(inp.anchor)} if inp.get("anchor") else {}
-settings = dict(anchor=spec.name, data=manifest["splits"], split=p.split, inputs=inputs)
+settings = dict(anchor=spec.name, data=data_key(manifest), split=split, inputs=inputs)
 t0 = time.monotonic()
 result = train(model, train_set, cfg, sampler, p.ckpt_dir, settings=settings, device=device)
 acc = None
-if p.eval_split:
-    acc = evaluate(model, open_task(manifest, p.eval_split, p.img_size, p.num_workers), [0], device=device)[0]
-    log.info("%s accuracy on %s: %.4f after %d steps", spec.name, p.eval_split, acc, result.steps)
+if eval_split:
+    acc = evaluate(model, open_task(manifest, eval_split, p.img_size, p.num_workers), [0], device=device)[0]
+    log.info("%s accuracy on %s: %.4f after %d steps", spec.name, eval_split, acc, result.steps)
 
 meta = dict(anchor=spec.name, timm_name=spec.timm_name, kwargs=spec.kwargs, num_classes=manifest["num_classes"],
-            task=manifest["task"], split=p.split, seed=seed, train=cfg.to_dict(),
+            task=manifest["task"], split=split, seed=seed, train=cfg.to_dict(),
             provenance=runtime.provenance(device))
 save_tensors(model.net.anchors[0].state_dict(), out.weights, meta)
-runtime.write_json(out.info, dict(meta, eval_split=p.eval_split, accuracy=acc, steps=result.steps,
+runtime.write_json(out.info, dict(meta, eval_split=eval_split, accuracy=acc, steps=result.steps,
                                   wall_s=time.monotonic() - t0, params=sum(t.numel() for t in anchor.parameters()),
                                   peak_rss_mb=runtime.peak_rss_mb(), peak_device_mb=runtime.peak_device_mb(device)))

@@ -1,0 +1,143 @@
+"""Analyses the paper leaves open (spec §10) and the ablation/cost tables (spec §9).
+
+- ``importance_vs_accuracy``: does the training-time importance I_s that ESTA deploys by predict
+  the accuracy a stitch really has? Spearman rank correlation with selection-split accuracy.
+- ``gradient_cosines``: interference between stitches through the shared LoRA. For two stitches on
+  the same batch, the cosine between their LoRA gradients (A and B of each module, concatenated)
+  over the LoRA modules both paths use; taken on snapshots of training (``SNAPSHOT_FRACS``) of
+  models trained with and without stitch-specific biases.
+- ``stored_params``: what must be stored to deploy a set of stitches of a trained model.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+
+from esta.adapt import AdaptedModel
+
+__all__ = ["SNAPSHOT_FRACS", "snapshot_steps", "importance_vs_accuracy", "lora_gradients",
+           "gradient_cosines", "summarize_cosines", "stored_params", "selection_ablation"]
+
+# [decision] Points of training at which gradient interference is measured (spec §10: "e.g. 10 %,
+# 50 %, 100 %"): ESTA's training saves its trainable state after these fractions of its steps.
+SNAPSHOT_FRACS = (0.1, 0.5, 1.0)
+
+
+def snapshot_steps(total_steps: int, fracs=SNAPSHOT_FRACS) -> list[int]:
+    """Step counts after which a snapshot is taken: round(frac * total), at least 1, distinct."""
+    return sorted({min(total_steps, max(1, round(f * total_steps))) for f in fracs})
+
+
+def importance_vs_accuracy(stats: pd.DataFrame, accuracy: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+    """Join final importance (``stitch_id, importance, visits``) with measured accuracy
+    (``stitch_id, selection_accuracy``); Spearman's rho over the visited stitches (NaN-free: a
+    constant column gives rho = 0)."""
+    df = stats[["stitch_id", "importance", "visits"]].merge(accuracy[["stitch_id", "selection_accuracy"]],
+                                                             on="stitch_id", validate="one_to_one")
+    seen = df[df["visits"] > 0]
+    if len(seen) < 3 or seen["importance"].nunique() < 2 or seen["selection_accuracy"].nunique() < 2:
+        return df, 0.0
+    return df, float(spearmanr(seen["importance"], seen["selection_accuracy"]).statistic)
+
+
+def _lora_params(model: AdaptedModel, stitch_id: int) -> dict[str, list[torch.nn.Parameter]]:
+    """LoRA parameters on a stitch's path, grouped by the module they adapt (A before B)."""
+    groups: dict[str, list] = {}
+    for name, p in sorted(model.net.named_parameters()):
+        if "lora_" in name and model.net.on_path(name, stitch_id):
+            groups.setdefault(name.split(".lora_")[0], []).append(p)
+    return groups
+
+
+def lora_gradients(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, stitch_id: int) -> dict[str, torch.Tensor]:
+    """Gradient of the batch loss through ``stitch_id`` w.r.t. each LoRA module on its path (A, B
+    flattened and concatenated), keyed by module name."""
+    groups = _lora_params(model, stitch_id)
+    if not groups:
+        raise ValueError("the model has no LoRA parameters (gradient interference needs PST)")
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x, stitch_id), y).backward()
+    out = {m: torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in ps]).detach().clone()
+           for m, ps in groups.items()}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def gradient_cosines(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor,
+                     stitch_ids: list[int] | None = None) -> pd.DataFrame:
+    """Cosine between the shared-LoRA gradients of every pair of stitches that share at least one
+    LoRA module, over the modules both use. Pairs where either gradient is zero on the shared
+    modules (no direction, e.g. LoRA B still zero) are left out, so the column has no NaN.
+    Columns: stitch_a, stitch_b, shared_modules, cosine."""
+    ids = list(range(model.net.num_stitches)) if stitch_ids is None else list(stitch_ids)
+    was_training = model.training
+    model.eval()
+    grads = {s: lora_gradients(model, x, y, s) for s in ids}
+    model.train(was_training)
+    rows = []
+    for a, b in itertools.combinations(ids, 2):
+        shared = sorted(grads[a].keys() & grads[b].keys())
+        if not shared:
+            continue
+        ga = torch.cat([grads[a][m] for m in shared]).double()
+        gb = torch.cat([grads[b][m] for m in shared]).double()
+        na, nb = ga.norm(), gb.norm()
+        if na == 0 or nb == 0:
+            continue
+        rows.append(dict(stitch_a=a, stitch_b=b, shared_modules=len(shared), cosine=float(ga @ gb / (na * nb))))
+    return pd.DataFrame(rows, columns=["stitch_a", "stitch_b", "shared_modules", "cosine"])
+
+
+def stored_params(model: AdaptedModel, stitch_ids: list[int]) -> dict[str, int]:
+    """Parameters stored to deploy ``stitch_ids`` from one trained model.
+
+    ``task``: what is specific to the task — every trained parameter except the biases of stitches
+    not deployed, plus the LS-fitted stitching layers (PST: LoRA, heads, stitching layers, the
+    deployed stitches' biases; full fine-tuning: all of it). ``total``: plus the frozen pretrained weights the stitches run
+    on (shared by every task in PST).
+    """
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    keep = {str(s) for s in stitch_ids}
+    task = 0
+    for n, p in trained.items():
+        if n.startswith("biases."):
+            if n.split(".")[1] not in keep:
+                continue
+        task += p.numel()
+    # LS-initialised stitching layers are fitted on the task's images: task-specific even when frozen
+    task += sum(p.numel() for p in model.net.stitch_layers.parameters() if not p.requires_grad)
+    frozen = sum(p.numel() for n, p in model.net.named_parameters()
+                 if not p.requires_grad and not n.startswith("stitch_layers."))
+    return dict(task=int(task), total=int(task + frozen))
+
+
+def summarize_cosines(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Mean, median and share of negative cosines per group (no NaN: empty groups are absent)."""
+    g = df.groupby(by)["cosine"]
+    out = g.agg(pairs="size", mean="mean", median="median").reset_index()
+    out["negative_share"] = g.apply(lambda c: float((c < 0).mean())).to_numpy()
+    return out
+
+
+def selection_ablation(stitches: pd.DataFrame, importance_deployed: pd.DataFrame, selection: pd.DataFrame,
+                       test: pd.DataFrame, k: int) -> pd.DataFrame:
+    """One trained ESTA model, two deployments (spec §9, `selection` ablation): the stitches ESTA
+    deployed from training-time importance (one stage) and those an evaluate-all pass would deploy
+    (best selection-split accuracy per interval). Returns both as tidy deployed rows
+    (``selection``, stitch_id, interval, reason, test_accuracy + the stitch table's columns)."""
+    from esta.sampling import select_deployed
+
+    sel = selection.set_index("stitch_id").loc[stitches["stitch_id"], "selection_accuracy"].to_numpy()
+    by_accuracy = select_deployed(stitches, sel, k)
+    test_acc = test.set_index("stitch_id")["test_accuracy"]
+    out = []
+    for name, d in (("importance", importance_deployed), ("evaluate-all", by_accuracy)):
+        d = d[["stitch_id", "interval", "reason"]].merge(stitches, on="stitch_id")
+        out.append(d.assign(selection=name, test_accuracy=d["stitch_id"].map(test_acc).to_numpy()))
+    return pd.concat(out, ignore_index=True)

@@ -1,0 +1,215 @@
+"""Analyses and tables of spec §9-§10: gradient interference, importance vs accuracy, stored
+parameters, the selection ablation, accuracy tables, and training snapshots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import NUM_CLASSES, make_anchors, make_images
+from torch.utils.data import TensorDataset
+
+from esta.adapt import AdaptConfig, adapt
+from esta.analysis import (gradient_cosines, importance_vs_accuracy, lora_gradients, selection_ablation,
+                           snapshot_steps, stored_params)
+from esta.pareto import accuracy_by_group, accuracy_by_task, deployed_curves
+from esta.sampling import SamplerConfig, StitchSampler
+from esta.stitch import StitchedViT, ls_init
+from esta.train import TrainConfig, train
+
+
+def trained(stitch_biases=True, steps=6, seed=0):
+    net = StitchedViT(make_anchors(seed=seed))
+    ls_init(net, make_images(16, seed=7))
+    model = adapt(net, AdaptConfig(rank=2, stitch_biases=stitch_biases))
+    data = TensorDataset(make_images(16, seed=5), torch.arange(16) % NUM_CLASSES)
+    cfg = TrainConfig(epochs=steps / 2, batch_size=8, lr=5e-2, warmup_epochs=0)
+    sampler = StitchSampler(net.num_stitches, cfg.total_steps(16), SamplerConfig(kind="uniform"), seed=seed)
+    result = train(model, data, cfg, sampler, progress=False, snapshot_at=[2, 6])
+    return model, result, data
+
+
+@pytest.fixture(scope="module")
+def pst():
+    return trained()
+
+
+def batch(data):
+    return data.tensors[0][:8], data.tensors[1][:8]
+
+
+# ---- gradient interference -------------------------------------------------------------------
+
+def test_lora_gradients_are_the_autograd_gradients_of_the_stitch(pst):
+    model, _, data = pst
+    x, y = batch(data)
+    sid = 7
+    grads = lora_gradients(model, x, y, sid)
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x, sid), y).backward()
+    for name, p in model.net.named_parameters():
+        if "lora_" in name and model.net.on_path(name, sid):
+            module = name.split(".lora_")[0]
+            assert module in grads
+    # one module by hand: A then B, flattened
+    module = next(iter(grads))
+    a = dict(model.net.named_parameters())[f"{module}.lora_A.default.weight"]
+    b = dict(model.net.named_parameters())[f"{module}.lora_B.default.weight"]
+    torch.testing.assert_close(grads[module], torch.cat([a.grad.flatten(), b.grad.flatten()]))
+    model.zero_grad(set_to_none=True)
+
+
+def test_gradient_cosines_follow_the_definition_over_shared_modules(pst):
+    model, _, data = pst
+    x, y = batch(data)
+    ids = [0, 1, 5, 12]
+    df = gradient_cosines(model, x, y, ids)
+    assert not df["cosine"].isna().any() and (df["cosine"].abs() <= 1 + 1e-9).all()
+    grads = {s: lora_gradients(model, x, y, s) for s in ids}
+    for row in df.itertuples():
+        shared = sorted(grads[row.stitch_a].keys() & grads[row.stitch_b].keys())
+        assert row.shared_modules == len(shared) > 0
+        ga = torch.cat([grads[row.stitch_a][m] for m in shared]).double()
+        gb = torch.cat([grads[row.stitch_b][m] for m in shared]).double()
+        assert row.cosine == pytest.approx(float(F.cosine_similarity(ga, gb, dim=0)), abs=1e-9)
+    # anchors 0 and 1 share no module: not a pair
+    assert not ((df["stitch_a"] == 0) & (df["stitch_b"] == 1)).any()
+
+
+def test_zero_gradients_give_no_pair_instead_of_nan():
+    net = StitchedViT(make_anchors())
+    model = adapt(net, AdaptConfig(rank=2))  # LoRA B is zero: A has no gradient, B does
+    x, y = make_images(4), torch.arange(4) % NUM_CLASSES
+    with torch.no_grad():
+        for n, p in model.net.named_parameters():
+            if "lora_A" in n:
+                p.zero_()  # now B's gradient is zero too: no direction at all
+    df = gradient_cosines(model, x, y, [3, 4, 5])
+    assert df.empty and list(df.columns) == ["stitch_a", "stitch_b", "shared_modules", "cosine"]
+
+
+# ---- importance vs accuracy ------------------------------------------------------------------
+
+def test_spearman_of_importance_and_accuracy():
+    stats = pd.DataFrame(dict(stitch_id=range(5), importance=[0.1, 0.4, 0.2, 0.9, 5.0], visits=[3, 3, 3, 3, 0]))
+    acc = pd.DataFrame(dict(stitch_id=range(5), selection_accuracy=[0.1, 0.3, 0.2, 0.8, 0.0]))
+    df, rho = importance_vs_accuracy(stats, acc)
+    assert rho == pytest.approx(1.0)  # monotone over the visited stitches; the unvisited one is ignored
+    acc["selection_accuracy"] = [0.8, 0.2, 0.3, 0.1, 0.9]
+    assert importance_vs_accuracy(stats, acc)[1] == pytest.approx(-1.0)
+    acc["selection_accuracy"] = 0.5
+    assert importance_vs_accuracy(stats, acc)[1] == 0.0  # constant: no NaN
+    assert len(df) == 5
+
+
+# ---- stored parameters -----------------------------------------------------------------------
+
+def test_stored_params_count_shared_lora_and_only_deployed_biases():
+    net = StitchedViT(make_anchors())
+    model = adapt(net, AdaptConfig(rank=2))
+    trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
+    bias = {s: sum(v for n, v in trainable.items() if n.startswith(f"biases.{s}.")) for s in range(net.num_stitches)}
+    shared = sum(v for n, v in trainable.items() if not n.startswith("biases."))
+    layers = sum(p.numel() for p in net.stitch_layers.parameters() if not p.requires_grad)
+    got = stored_params(model, [0, 4])
+    assert got["task"] == shared + bias[0] + bias[4] + layers
+    frozen = sum(p.numel() for n, p in net.named_parameters() if not p.requires_grad)
+    assert got["total"] == got["task"] + frozen - layers
+    full = adapt(StitchedViT(make_anchors()), AdaptConfig(mode="full"))
+    assert stored_params(full, [0])["task"] == sum(p.numel() for p in full.parameters())
+
+
+# ---- tables ----------------------------------------------------------------------------------
+
+def deployed_rows():
+    """Two tasks x two seeds x two stitches per method, accuracies chosen by hand."""
+    rows = []
+    acc = {("esta", "a", 0): [0.5, 0.7], ("esta", "a", 1): [0.6, 0.8], ("esta", "b", 0): [0.2, 0.4],
+           ("esta", "b", 1): [0.2, 0.2], ("snnet", "a", 0): [0.9, 0.9], ("snnet", "a", 1): [0.7, 0.7],
+           ("snnet", "b", 0): [0.1, 0.3], ("snnet", "b", 1): [0.3, 0.3]}
+    for (method, task, seed), accs in acc.items():
+        for i, a in enumerate(accs):
+            rows.append(dict(method=method, variant="default", task=task, seed=seed, stitch_id=i, front=i, end=i,
+                             interval=-1 - i, reason="anchor", gmacs=1.0 + i, test_accuracy=a,
+                             group="Natural" if task == "a" else "Structured", trainable_params=10))
+    return pd.DataFrame(rows)
+
+
+def test_accuracy_by_task_mean_and_std_over_seeds():
+    t = accuracy_by_task(deployed_rows()).set_index(["method", "task"])
+    # esta/a: per-seed means 0.6 and 0.7
+    assert t.loc[("esta", "a"), "accuracy_mean"] == pytest.approx(0.65)
+    assert t.loc[("esta", "a"), "accuracy_std"] == pytest.approx(np.std([0.6, 0.7], ddof=1))
+    assert t.loc[("esta", "a"), "best_accuracy_mean"] == pytest.approx(0.75)
+    assert t.loc[("snnet", "b"), "accuracy_mean"] == pytest.approx(0.25)
+    assert not t.isna().any().any()
+
+
+def test_accuracy_by_group_orders_groups_and_adds_the_mean():
+    g = accuracy_by_group(deployed_rows(), ("Natural", "Specialized", "Structured", "FGVC"))
+    assert g["group"].tolist() == ["Natural", "Natural", "Structured", "Structured", "mean", "mean"]
+    m = g.set_index(["method", "group"])
+    # esta mean over tasks per seed: seed0 (0.6 + 0.3) / 2, seed1 (0.7 + 0.2) / 2 -> both 0.45
+    assert m.loc[("esta", "mean"), "accuracy_mean"] == pytest.approx(0.45)
+    assert m.loc[("esta", "mean"), "accuracy_std"] == pytest.approx(0.0)
+    assert m.loc[("esta", "mean"), "tasks"] == 2
+
+
+def test_deployed_curves_by_label_keep_each_labels_params():
+    d = deployed_rows().assign(label=lambda t: t["method"])
+    d.loc[d["method"] == "snnet", "trainable_params"] = 99
+    c = deployed_curves(d, by=["label"])
+    assert dict(zip(c["label"], c["trainable_params"])) == {"esta": 10, "snnet": 99}
+
+
+def test_selection_ablation_deploys_by_accuracy_and_reports_test_accuracy():
+    stitches = pd.DataFrame(dict(stitch_id=[0, 1, 2, 3], front=[0, 1, 0, 0], end=[0, 1, 1, 1],
+                                 macs_nohead=[1.0, 4.0, 2.0, 2.1], gmacs=[1.0, 4.0, 2.0, 2.1]))
+    importance = pd.DataFrame(dict(stitch_id=[0, 3, 1], interval=[0, 0, 1], reason=["anchor", "interval", "anchor"]))
+    sel = pd.DataFrame(dict(stitch_id=[0, 1, 2, 3], selection_accuracy=[0.1, 0.9, 0.5, 0.4]))
+    test = pd.DataFrame(dict(stitch_id=[0, 1, 2, 3], test_accuracy=[0.2, 0.8, 0.6, 0.3]))
+    out = selection_ablation(stitches, importance, sel, test, k=2)
+    imp = out[out["selection"] == "importance"].set_index("stitch_id")
+    ev = out[out["selection"] == "evaluate-all"].set_index("stitch_id")
+    assert sorted(imp.index) == [0, 1, 3] and imp.loc[3, "test_accuracy"] == 0.3
+    # interval 0 = [1, 2.5): stitches 0, 2, 3 -> 2 is the most accurate; interval 1: stitch 1
+    assert 2 in ev.index and ev.loc[2, "test_accuracy"] == 0.6 and 0 in ev.index
+
+
+# ---- snapshots -------------------------------------------------------------------------------
+
+def test_snapshot_steps():
+    assert snapshot_steps(100) == [10, 50, 100]
+    assert snapshot_steps(3) == [1, 2, 3]
+    assert snapshot_steps(1) == [1]
+
+
+def test_snapshots_hold_the_state_after_that_step(pst):
+    model, result, _ = pst
+    assert sorted(result.snapshots) == [2, 6]
+    final = {k: v.detach() for k, v in model.trainable().items()}
+    for k, v in result.snapshots[6].items():
+        torch.testing.assert_close(v, final[k], rtol=0, atol=0)
+    moved = [k for k in final if not torch.equal(result.snapshots[2][k], final[k])]
+    assert moved  # training went on after step 2
+
+
+def test_snapshots_survive_an_interrupted_run(tmp_path):
+    def run(ckpt, stop_after=None):
+        net = StitchedViT(make_anchors(seed=0))
+        model = adapt(net, AdaptConfig(rank=2))
+        data = TensorDataset(make_images(16, seed=5), torch.arange(16) % NUM_CLASSES)
+        cfg = TrainConfig(epochs=3, batch_size=8, lr=5e-2, warmup_epochs=0)
+        sampler = StitchSampler(net.num_stitches, cfg.total_steps(16), SamplerConfig(kind="uniform"), seed=0)
+        return train(model, data, cfg, sampler, ckpt, settings=dict(t=1), progress=False,
+                     stop_after=stop_after, snapshot_at=[1, 3, 6])
+
+    run(tmp_path / "a", stop_after=4)
+    resumed = run(tmp_path / "a")
+    whole = run(tmp_path / "b")
+    assert resumed.resumed_from == 4 and sorted(resumed.snapshots) == sorted(whole.snapshots) == [1, 3, 6]
+    for step in (1, 3, 6):
+        for k, v in whole.snapshots[step].items():
+            torch.testing.assert_close(resumed.snapshots[step][k], v, rtol=0, atol=0)

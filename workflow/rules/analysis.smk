@@ -1,0 +1,153 @@
+rule accuracy_tables:
+    """Deployed accuracy per task and per group (Natural/Specialized/Structured/FGVC/mean), mean ±
+    std over seeds (spec §9)."""
+    input:
+        f"{R}/tables/deployed.csv",
+    output:
+        by_task=f"{R}/tables/accuracy_by_task.csv",
+        by_group=f"{R}/tables/accuracy_by_group.csv",
+    log:
+        f"{R}/logs/accuracy_tables.log",
+    conda:
+        "../envs/esta.yaml"
+    script:
+        "../scripts/accuracy_tables.py"
+
+
+rule cost_table:
+    """Trainable and stored parameters, wall time and peak memory per method and step (spec §9)."""
+    input:
+        benchmarks=f"{R}/tables/benchmarks.csv",
+        deployed=f"{R}/tables/deployed.csv",
+        code=code("analysis", "adapt", "anchors", "stitch"),
+    output:
+        f"{R}/tables/cost.csv",
+    log:
+        f"{R}/logs/cost_table.log",
+    conda:
+        "../envs/esta.yaml"
+    params:
+        family=config["family"],
+        img_size=config["data"]["img_size"],
+        method=method_config("default"),
+    script:
+        "../scripts/cost_table.py"
+
+
+rule ablation_table:
+    """One ablation of spec §9: the deployed curves of the variants it compares, or (selection) of
+    the two deployments of one trained model, averaged over the ablation tasks."""
+    input:
+        unpack(ablation_inputs),
+    output:
+        f"{R}/tables/ablation_{{name}}.csv",
+    log:
+        f"{R}/logs/ablation_table/{{name}}.log",
+    wildcard_constraints:
+        name="bias|sampling|selection|rank",
+    conda:
+        "../envs/esta.yaml"
+    params:
+        variants=lambda w: {
+            v: method_config(v)["esta"] for v in ablation_variants(w.name)
+        },
+        intervals=config["deploy"]["intervals"],
+        runs=[(t, s) for t in ABL["tasks"] for s in config["seeds"]],
+    script:
+        "../scripts/ablation_table.py"
+
+
+rule importance_vs_accuracy:
+    """Final training-time importance vs selection-split accuracy per stitch, Spearman per task."""
+    input:
+        stats=expand(
+            f"{R}/esta/default/{{task}}/seed{{seed}}/tuning/importance.csv",
+            task=config["tasks"],
+            seed=config["seeds"],
+        ),
+        accuracy=expand(
+            f"{R}/esta/default/{{task}}/seed{{seed}}/tuning/stitch_accuracy_selection.csv",
+            task=config["tasks"],
+            seed=config["seeds"],
+        ),
+        stitches=f"{R}/tables/stitches.csv",
+        code=code("analysis"),
+    output:
+        f"{R}/tables/importance_vs_accuracy.csv",
+    log:
+        f"{R}/logs/importance_vs_accuracy.log",
+    conda:
+        "../envs/esta.yaml"
+    params:
+        runs=[(t, s) for t in config["tasks"] for s in config["seeds"]],
+    script:
+        "../scripts/importance_table.py"
+
+
+rule grad_interference:
+    """Cosines between the shared-LoRA gradients of stitch pairs on one batch, at snapshots of
+    training (spec §10)."""
+    input:
+        anchors=anchor_files,
+        stitch=esta_stitch_init("tuning"),
+        snapshots=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/snapshots.safetensors",
+        data=f"{R}/data/{{task}}/manifest.json",
+        code=code("analysis", "adapt", "build"),
+    output:
+        f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/grad_interference.csv",
+    log:
+        f"{R}/logs/grad_interference/{{variant}}/{{task}}/seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/grad_interference/{{variant}}/{{task}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/esta.yaml"
+    threads: heavy_threads()
+    params:
+        torch_threads=config["threads"],
+        family=config["family"],
+        method=lambda w: method_config(w.variant)["esta"],
+        img_size=config["data"]["img_size"],
+        device=config["device"],
+    script:
+        "../scripts/grad_interference.py"
+
+
+rule grad_interference_table:
+    input:
+        expand(
+            f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/grad_interference.csv",
+            variant=ABL["bias"],
+            task=ABL["tasks"],
+            seed=config["seeds"][:1],
+        ),
+    output:
+        f"{R}/tables/grad_interference.csv",
+    log:
+        f"{R}/logs/grad_interference_table.log",
+    conda:
+        "../envs/esta.yaml"
+    params:
+        variants={v: method_config(v)["esta"]["stitch_biases"] for v in ABL["bias"]},
+    script:
+        "../scripts/grad_table.py"
+
+
+rule plot:
+    """Every figure except the Pareto ones, from its CSV twin (plots only)."""
+    input:
+        table=f"{R}/tables/{{fig}}.csv",
+    output:
+        pdf=report(
+            f"{R}/figures/{{fig}}.pdf",
+            caption="../report/analysis.rst",
+            category="Analyses",
+        ),
+        png=f"{R}/figures/{{fig}}.png",
+    log:
+        f"{R}/logs/plot/{{fig}}.log",
+    wildcard_constraints:
+        fig="ablation_(?:bias|sampling|selection|rank)|importance_vs_accuracy|grad_interference",
+    conda:
+        "../envs/esta.yaml"
+    script:
+        "../scripts/plot.py"

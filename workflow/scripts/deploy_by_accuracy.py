@@ -1,0 +1,15 @@
+"""Deploy, per FLOPs interval, the stitch most accurate on the selection split (SN-Net's `deploy`
+step, spec §7); anchors always."""
+
+import pandas as pd
+
+from esta import runtime
+from esta.sampling import select_deployed
+
+log = runtime.start_job(snakemake)
+stitches = pd.read_csv(snakemake.input.stitches)
+acc = pd.read_csv(snakemake.input.accuracy).set_index("stitch_id")
+score = acc.loc[stitches["stitch_id"], "selection_accuracy"].to_numpy()
+deployed = select_deployed(stitches, score, snakemake.params.deploy["intervals"])
+log.info("deployed %d stitches: %s", len(deployed), deployed["stitch_id"].tolist())
+runtime.write_csv(deployed, snakemake.output[0])

@@ -1,0 +1,23 @@
+"""Accuracy of every stitch of a tuning-mode model on the selection split (tuning mode's evaluation
+split) or the test split, with each front anchor's prefix shared where parameters are (SN-Net)."""
+
+import pandas as pd
+
+from esta import runtime
+from esta.anchors import family_at
+from esta.build import adapt_config, assemble, open_task, read_manifest
+from esta.data import mode_splits
+from esta.evaluate import evaluate
+from esta.train import pick_device
+
+log = runtime.start_job(snakemake)
+w, p, inp = snakemake.wildcards, snakemake.params, snakemake.input
+manifest = read_manifest(inp.data)
+split = mode_splits(w.task, "tuning")[1] if w.split == "selection" else mode_splits(w.task, "final")[1]
+model = assemble(family_at(p.family, p.img_size), manifest["num_classes"], inp.anchors, inp.stitch,
+                 adapt_config(w.method, p.method[w.method]), state_file=inp.model)
+device = pick_device(p.device)
+acc = evaluate(model, open_task(manifest, split, p.img_size, p.num_workers), batch_size=p.batch_size, device=device)
+table = pd.DataFrame(dict(stitch_id=list(acc), accuracy=list(acc.values()), split=split))
+log.info("%s: accuracy of %d stitches on %s, best %.4f", w.method, len(table), split, table["accuracy"].max())
+runtime.write_csv(table.rename(columns={"accuracy": f"{w.split}_accuracy"}), snakemake.output[0])
