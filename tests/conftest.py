@@ -8,6 +8,10 @@ about copied, merged or exported biases cannot pass by accident.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -83,3 +87,36 @@ def anchors() -> list[torch.nn.Module]:
 @pytest.fixture
 def images() -> torch.Tensor:
     return make_images(6)
+
+
+# ------------------------------------------------------------------------------------------------
+# Running the workflow (tests/test_workflow.py, tests/test_reliability.py)
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the repository's workflow with ``workdir`` as its working directory."""
+    cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--directory", str(workdir), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def make_workdir(path: Path) -> Path:
+    """A working directory like a checkout: config files and the esta sources the rules list as code."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("config.yaml", "config", "esta", "workflow"):
+        if not (path / name).exists():
+            (path / name).symlink_to(ROOT / name)
+    return path
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory) -> Path:
+    """config/smoke.yaml run for real to rule all, once per test session."""
+    work = make_workdir(tmp_path_factory.mktemp("smoke"))
+    snakemake(work, "--cores", "2", "--configfile", str(ROOT / "config" / "smoke.yaml"))
+    return work / "results"

@@ -3,46 +3,19 @@ errors, and a real run of config/smoke.yaml (one session fixture) whose outputs 
 
 from __future__ import annotations
 
-import os
+import hashlib
+import json
 import re
+import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import BIN, ROOT, make_workdir, snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 CONFIGS = [ROOT / "config.yaml", *sorted((ROOT / "config").glob("*.yaml"))]
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run the repository's workflow with ``workdir`` as its working directory."""
-    cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--directory", str(workdir), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def make_workdir(path: Path) -> Path:
-    """A working directory like a checkout: config files and the esta sources the rules list as code."""
-    path.mkdir(parents=True, exist_ok=True)
-    for name in ("config.yaml", "config", "esta", "workflow"):
-        if not (path / name).exists():
-            (path / name).symlink_to(ROOT / name)
-    return path
-
-
-@pytest.fixture(scope="session")
-def smoke(tmp_path_factory) -> Path:
-    """config/smoke.yaml run for real to rule all, once per test session."""
-    work = make_workdir(tmp_path_factory.mktemp("smoke"))
-    snakemake(work, "--cores", "2", "--configfile", str(ROOT / "config" / "smoke.yaml"))
-    return work / "results"
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
@@ -258,3 +231,101 @@ def test_report(smoke):
     snakemake(smoke.parent, "--report", "results/report.html", "--configfile", str(ROOT / "config" / "smoke.yaml"))
     html = (smoke / "report.html").read_text(errors="ignore")
     assert len(html) > 10_000 and "importance_vs_accuracy" in html and "ablation_rank" in html
+
+
+# ------------------------------------------------------------------------------------------------
+# Paper scale on fixtures in the real formats, and the cluster code path
+
+
+PAPER_OVERRIDE = """
+tasks: [vtab/dtd]
+seeds: [0]
+threads: 1
+checkpoint_every_s: 60
+data: {seed: 0, n_train: 8, n_val: 4, n_test: 6, img_size: 32, num_workers: 0}
+ls_init: {n_images: 8}
+esta:
+  train: {epochs: 2, batch_size: 8, lr: 0.001, lr_anchor: null, weight_decay: 0.0001, warmup_epochs: 0}
+snnet:
+  adapt: {epochs: 1, batch_size: 8, lr: 0.001, lr_anchor: 0.0001, weight_decay: 0.0001, warmup_epochs: 0}
+  stitch: {epochs: 2, batch_size: 8, lr: 0.001, lr_anchor: 0.0001, weight_decay: 0.0001, warmup_epochs: 0}
+eval: {batch_size: 64}
+ablations: {tasks: [vtab/dtd], bias: [default, nobias], sampling: [default, uniform], rank: [rank2, rank4, default, rank16]}
+"""
+
+
+@pytest.fixture(scope="module")
+def paper_run(tmp_path_factory):
+    """config/paper.yaml shrunk through a config override (32 px, two steps, one task, one seed)
+    against a VTAB-1k tree and random-init ViT-Ti/S/B IN-21K-style weight files written here."""
+    from fixtures import write_vit_weights, write_vtab_fixture
+
+    root = tmp_path_factory.mktemp("paper")
+    write_vtab_fixture(root / "data", names=("dtd",), n=(8, 4, 6))
+    write_vit_weights(root / "weights")  # 21,843-class heads, as the .augreg_in21k files
+    override = root / "override.yaml"
+    override.write_text(PAPER_OVERRIDE + f"data_root: {root / 'data'}\nweights_root: {root / 'weights'}\n")
+    work = make_workdir(root / "work")
+    args = ("--configfile", str(ROOT / "config" / "paper.yaml"), str(override))
+    snakemake(work, "results/figures/pareto_all.pdf", "--cores", "2", *args, timeout=1200)
+    return work, args, root
+
+
+def test_paper_config_runs_on_real_formats(paper_run):
+    work, _, root = paper_run
+    res = work / "results"
+    manifest = json.loads((res / "data" / "vtab" / "dtd" / "manifest.json").read_text())
+    assert manifest["root"] == str((root / "data" / "vtab-1k" / "dtd").resolve())
+    assert manifest["splits"] == {"train800": 8, "val200": 4, "train800val200": 12, "test": 6}
+    listed = root / "data" / "vtab-1k" / "dtd" / "test.txt"
+    assert manifest["files"]["test.txt"]["sha256"] == hashlib.sha256(listed.read_bytes()).hexdigest()
+    for i, name in enumerate(("tiny", "small", "base")):
+        info = json.loads((res / "anchors" / "vit-ti-s-b" / f"anchor{i}.json").read_text())
+        src = root / "weights" / f"vit_{name}_patch16_224.augreg_in21k.safetensors"
+        assert info["source"]["file"] == str(src.resolve()) and info["num_classes"] == 21843
+        assert info["source"]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    stitches = pd.read_csv(res / "tables" / "stitches.csv")
+    assert len(stitches) == 71  # ViT-Ti/S/B: SN-Net's enumeration
+    deployed = pd.read_csv(res / "tables" / "deployed.csv")
+    assert set(deployed["method"]) == {"esta", "snnet"} and set(deployed["task"]) == {"vtab/dtd"}
+    metrics = pd.read_csv(res / "esta" / "default" / "vtab" / "dtd" / "metrics.csv")
+    assert {"device", "dtype", "torch", "timm", "peft"} <= set(metrics.columns)
+    assert (metrics["device"] == "cpu").all() and (metrics["dtype"] == "float32").all()
+    assert metrics["trainable_params"].iloc[0] > 4e6  # ViT-Ti/S/B PST with 47 classes: ~4.7 M
+
+
+def test_changed_data_reruns_registration(paper_run):
+    work, args, root = paper_run
+    assert "Nothing to be done" in snakemake(work, "results/figures/pareto_all.pdf", "-n", *args).stdout
+    listed = root / "data" / "vtab-1k" / "dtd" / "test.txt"
+    lines = listed.read_text().splitlines(keepends=True)
+    listed.write_text("".join(reversed(lines)))  # same images, another order: other bytes
+    try:
+        out = snakemake(work, "results/figures/pareto_all.pdf", "-n", *args).stdout
+        assert "register_data" in out and "evaluate_deployed" in out
+    finally:
+        listed.write_text("".join(lines))
+
+
+def test_paper_dag_plans_without_data(tmp_path):
+    work = make_workdir(tmp_path)
+    out = snakemake(work, "-n", "--configfile", str(ROOT / "config" / "paper.yaml")).stdout
+    for rule in ("register_data", "register_weights", "train_esta", "snnet_adapt", "grad_interference"):
+        assert rule in out
+    assert re.search(r"register_data\s+25\b", out) and re.search(r"register_weights\s+3\b", out)
+
+
+def test_local_cluster_profile_builds_one_task(smoke, tmp_path):
+    """The cluster code path (cluster-generic executor, job scripts submitted to submit.sh)."""
+    work = make_workdir(tmp_path)
+    for folder in ("data", "anchors"):  # reuse the smoke run's data and pretrained anchors
+        shutil.copytree(smoke / folder, work / "results" / folder, copy_function=shutil.copy2)
+    target = "results/esta/default/embedded/digits/metrics.csv"
+    proc = snakemake(work, target, "--profile", "workflow/profiles/local-cluster", "--configfile",
+                     str(ROOT / "config" / "smoke.yaml"))
+    text = proc.stdout + proc.stderr
+    assert "external jobid" in text.lower()
+    assert "pretrain_anchor" not in text  # the copied anchors were reused
+    ours = pd.read_csv(work / target)
+    ref = pd.read_csv(smoke / "esta" / "default" / "embedded" / "digits" / "metrics.csv")
+    assert ours["test_accuracy"].tolist() == ref["test_accuracy"].tolist()
