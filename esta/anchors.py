@@ -11,6 +11,7 @@ anchor is randomly initialised. Nothing is ever downloaded.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -104,7 +105,14 @@ def build_anchor(spec: AnchorSpec, num_classes: int, weights: str | Path | None 
         return timm.create_model(
             spec.timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
         )
-    except RuntimeError as err:  # timm's load_state_dict reports size mismatches as RuntimeError
+    except (pickle.UnpicklingError, RuntimeError) as err:
+        if isinstance(err, pickle.UnpicklingError) or "weights_only" in str(err):
+            # torch.load(weights_only=True) met more than tensors: never run a pickle's code
+            raise ValueError(
+                f"refused to unpickle weight file {path}: it is not a plain state dict of tensors "
+                f"(loaded with weights_only=True; convert it to .safetensors): {err}"
+            ) from err
+        # timm's load_state_dict reports missing keys and size mismatches as RuntimeError
         raise ValueError(
             f"weight file {path} does not fit {spec.name} ({spec.timm_name}, {spec.kwargs}): {err}"
         ) from err

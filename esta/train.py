@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from esta.adapt import AdaptedModel
 from esta.sampling import StitchSampler, snip_importance
 
-__all__ = ["TrainConfig", "TrainResult", "train", "settings_hash", "pick_device", "iterate_batches"]
+__all__ = ["TrainConfig", "TrainResult", "train", "settings_hash", "pick_device", "iterate_batches",
+           "clear_checkpoints"]
 
 
 @dataclass
@@ -113,6 +114,13 @@ def _lr_lambda(total: int, warmup: int):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return f
+
+
+def clear_checkpoints(ckpt_dir: str | Path) -> None:
+    """Remove a job's checkpoints once its outputs are written: a forced rerun then trains again
+    instead of "resuming" a finished run."""
+    for f in Path(ckpt_dir).glob("*.pt"):
+        f.unlink()
 
 
 def _save(path: Path, state: dict) -> None:

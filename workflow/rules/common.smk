@@ -3,6 +3,8 @@ import math
 import os
 import re
 
+from snakemake.exceptions import WorkflowError
+
 validate(config, schema="../schemas/config.schema.yaml")
 
 R = "results"
@@ -40,6 +42,14 @@ def merged(base, over):
             else v
         )
     return out
+
+
+# A variant must make a valid config too: a typo in an override would otherwise be ignored silently.
+for _name, _over in config["variants"].items():
+    try:
+        validate(merged(config, _over), schema="../schemas/config.schema.yaml")
+    except WorkflowError as err:
+        raise WorkflowError(f"config variants.{_name} ({_over}) makes an invalid config", err)
 
 
 def method_config(variant):

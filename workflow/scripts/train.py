@@ -10,7 +10,7 @@ from esta.analysis import SNAPSHOT_FRACS, snapshot_steps
 from esta.anchors import family_at
 from esta.data import mode_splits
 from esta.sampling import SamplerConfig, StitchSampler
-from esta.train import TrainConfig, pick_device, train
+from esta.train import TrainConfig, clear_checkpoints, pick_device, train
 
 log = runtime.start_job(snakemake)
 w, p, inp, out = snakemake.wildcards, snakemake.params, snakemake.input, snakemake.output
@@ -31,7 +31,7 @@ log.info("%s on %s (%s): %d stitches, %d trainable parameters", method, w.task, 
          model.net.num_stitches, n_trainable)
 settings = dict(method=method, adapt=acfg.to_dict(), sampler=scfg.to_dict(), task=w.task, mode=w.mode,
                 inputs=[runtime.file_digest(f) for f in [inp.stitch, *inp.anchors]],
-                data=data_key(manifest))
+                code=[runtime.file_digest(f) for f in inp.code], data=data_key(manifest))
 # ESTA keeps snapshots of its trainable state for the gradient-interference analysis (spec §10)
 snap = snapshot_steps(sampler.total_steps) if "snapshots" in out.keys() else []
 result = train(model, data, cfg, sampler, p.ckpt_dir, settings=settings, device=device, snapshot_at=snap)
@@ -47,3 +47,4 @@ runtime.write_csv(sampler.stats(), out.stats)
 runtime.write_json(out.info, dict(meta, trainable_params=n_trainable, steps=result.steps,
                                   resumed_from=result.resumed_from, wall_s=result.wall_s,
                                   peak_rss_mb=runtime.peak_rss_mb(), peak_device_mb=runtime.peak_device_mb(device)))
+clear_checkpoints(p.ckpt_dir)

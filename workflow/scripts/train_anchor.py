@@ -13,7 +13,7 @@ from esta.data import mode_splits
 from esta.evaluate import evaluate
 from esta.sampling import SamplerConfig, StitchSampler
 from esta.stitch import StitchedViT
-from esta.train import TrainConfig, pick_device, train
+from esta.train import TrainConfig, clear_checkpoints, pick_device, train
 
 log = runtime.start_job(snakemake)
 w, p, inp, out = snakemake.wildcards, snakemake.params, snakemake.input, snakemake.output
@@ -33,7 +33,8 @@ model = adapt(StitchedViT([anchor]), AdaptConfig(mode="full"))
 cfg = TrainConfig(**p.train, seed=seed, checkpoint_every_s=p.checkpoint_every_s, num_workers=p.num_workers)
 sampler = StitchSampler(1, cfg.total_steps(len(train_set)), SamplerConfig(kind="uniform"), seed=seed)
 inputs = {"anchor": runtime.file_digest(inp.anchor)} if inp.get("anchor") else {}
-settings = dict(anchor=spec.name, data=data_key(manifest), split=split, inputs=inputs)
+settings = dict(anchor=spec.name, data=data_key(manifest), split=split, inputs=inputs,
+                code=[runtime.file_digest(f) for f in inp.code])
 t0 = time.monotonic()
 result = train(model, train_set, cfg, sampler, p.ckpt_dir, settings=settings, device=device)
 acc = None
@@ -48,3 +49,4 @@ save_tensors(model.net.anchors[0].state_dict(), out.weights, meta)
 runtime.write_json(out.info, dict(meta, eval_split=eval_split, accuracy=acc, steps=result.steps,
                                   wall_s=time.monotonic() - t0, params=sum(t.numel() for t in anchor.parameters()),
                                   peak_rss_mb=runtime.peak_rss_mb(), peak_device_mb=runtime.peak_device_mb(device)))
+clear_checkpoints(p.ckpt_dir)
