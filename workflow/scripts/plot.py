@@ -5,6 +5,7 @@ twin; which figure is drawn follows from the output's name."""
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -58,6 +59,7 @@ elif name == "importance_vs_accuracy":
         sns.scatterplot(data=g, x="importance", y=100 * g["selection_accuracy"], hue="anchor", style="seed",
                         palette={True: "C1", False: "C0"}, ax=ax, s=25, legend=ax is axes.flat[0])
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: no overlap
         ax.set_title(f"{task}: Spearman ρ = {g['spearman'].mean():.2f}")
         ax.set_xlabel("final importance $I_s$")
         ax.set_ylabel("selection accuracy (%)")
