@@ -42,9 +42,9 @@ init (least squares does not change the cost). What is measured, and how:
 
 Timing: ``time.perf_counter`` around each call (CUDA synchronised), warm-up calls first (the
 correctness checks are the warm-up of 2 and 3), A and B alternated ABBA so drift cancels; a ratio
-is the median of the per-repeat ratios. A race stops repeating once it has run ``budget_s`` (90 s
-on CPU), so that a loaded machine cannot push the run past ten minutes; the notes say how many
-repeats ran. Torch uses every core (``--threads``). Beside each timing the script prints the share
+is the median of the per-repeat ratios. A race stops repeating once it has run ``budget_s`` (60 s
+on CPU), so that a loaded machine stretches the run less (about 3 minutes idle); the notes say how
+many repeats ran. Torch uses every core (``--threads``). Beside each timing the script prints the share
 of CPU that other processes took meanwhile (from /proc/stat): on a shared 2-core box even one busy
 neighbour makes the two OpenMP threads wait on each other, and timings then mean little. CPU
 batches: 4 (training), 8 (forwards), 1 (all stitches). On CUDA (batch 64) the steps and forwards
@@ -110,7 +110,7 @@ class Settings:
 
 CPU = Settings(
     train_batch=4, train_warmup=2, train_reps=9, eval_batch=8, eval_reps=9,
-    all_batch=1, all_reps=3, all_timed=None, mm_size=2048, mm_count=8, budget_s=90, memory_batches=(64,),
+    all_batch=1, all_reps=3, all_timed=None, mm_size=2048, mm_count=8, budget_s=60, memory_batches=(64,),
 )
 CUDA = Settings(
     train_batch=64, train_warmup=3, train_reps=10, eval_batch=64, eval_reps=10,
@@ -485,15 +485,10 @@ class Trainer:
         self.x, self.y = self.x.to(device), self.y.to(device)
         return self
 
-    def memory(self) -> dict[str, int]:
-        """Bytes of one step: CUDA peak, or on CPU the parts listed in the module docstring."""
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.step()
-            sync(self.device)
-            return dict(total=torch.cuda.max_memory_allocated(self.device))
-        params = {p.untyped_storage().data_ptr(): p.nbytes for p in self.model.parameters()}
+    def saved_forward(self) -> tuple[torch.Tensor, int]:
+        """The loss, and the bytes autograd saved for backward while computing it (storages
+        de-duplicated; parameters excluded, they are counted once on their own)."""
+        params = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
         saved: dict[int, int] = {}
 
         def pack(t: torch.Tensor) -> torch.Tensor:
@@ -502,15 +497,26 @@ class Trainer:
                 saved[ptr] = t.untyped_storage().nbytes()
             return t
 
-        self.opt.zero_grad(set_to_none=True)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss = self.loss()
+        return loss, sum(saved.values())
+
+    def memory(self) -> dict[str, int]:
+        """Bytes of one step: CUDA peak, or on CPU the parts listed in the module docstring."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.step()
+            sync(self.device)
+            return dict(total=torch.cuda.max_memory_allocated(self.device))
+        self.opt.zero_grad(set_to_none=True)
+        loss, saved = self.saved_forward()
         loss.backward()
         out = dict(
-            params=sum(params.values()),
+            params=sum(p.nbytes for p in self.model.parameters()),
             grads=sum(p.grad.nbytes for p in self.model.parameters() if p.grad is not None),
             adamw=sum(v.nbytes for s in self.opt.state.values() for v in s.values() if torch.is_tensor(v)),
-            saved=sum(saved.values()),
+            saved=saved,
         )
         self.opt.zero_grad(set_to_none=True)
         out["total"] = sum(out.values())
@@ -559,8 +565,9 @@ def bench_training(st: Settings, device: torch.device) -> list[Row]:
         if device.type == "cuda":
             tr.step()  # keep one-off allocations (cuBLAS workspace) out of the measured peak
         memory[name] = tr.memory()
-        for b in st.memory_batches:
-            memory_at[b][name] = tr.with_batch(b).memory()
+        for b in st.memory_batches:  # the batch changes only the saved activations: forward only
+            mem = dict(memory[name], saved=tr.with_batch(b).saved_forward()[1])
+            memory_at[b][name] = dict(mem, total=mem["total"] - memory[name]["saved"] + mem["saved"])
         trainers[name] = tr.to(torch.device("cpu")) if device.type == "cuda" else tr
     pst, full = (trainers[n].to(device) for n in ("pst", "full"))
 
