@@ -35,14 +35,14 @@ def snapshot_steps(total_steps: int, fracs=SNAPSHOT_FRACS) -> list[int]:
 
 def importance_vs_accuracy(stats: pd.DataFrame, accuracy: pd.DataFrame) -> tuple[pd.DataFrame, float]:
     """Join final importance (``stitch_id, importance, visits``) with measured accuracy
-    (``stitch_id, selection_accuracy``); Spearman's rho over the visited stitches (NaN-free: a
-    constant column gives rho = 0)."""
+    (``stitch_id, selection_accuracy``) for the stitches training visited (an unvisited stitch has
+    no importance estimate), and Spearman's rho over them (NaN-free: a constant column gives 0)."""
     df = stats[["stitch_id", "importance", "visits"]].merge(accuracy[["stitch_id", "selection_accuracy"]],
                                                              on="stitch_id", validate="one_to_one")
-    seen = df[df["visits"] > 0]
+    seen = df[(df["visits"] > 0) & df["importance"].notna()].reset_index(drop=True)
     if len(seen) < 3 or seen["importance"].nunique() < 2 or seen["selection_accuracy"].nunique() < 2:
-        return df, 0.0
-    return df, float(spearmanr(seen["importance"], seen["selection_accuracy"]).statistic)
+        return seen, 0.0
+    return seen, float(spearmanr(seen["importance"], seen["selection_accuracy"]).statistic)
 
 
 def _lora_params(model: AdaptedModel, stitch_id: int) -> dict[str, list[torch.nn.Parameter]]:

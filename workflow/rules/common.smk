@@ -49,7 +49,9 @@ for _name, _over in config["variants"].items():
     try:
         validate(merged(config, _over), schema="../schemas/config.schema.yaml")
     except WorkflowError as err:
-        raise WorkflowError(f"config variants.{_name} ({_over}) makes an invalid config", err)
+        raise WorkflowError(
+            f"config variants.{_name} ({_over}) makes an invalid config", err
+        )
 
 
 def method_config(variant):
