@@ -1,8 +1,8 @@
 """Performance benchmarks: ESTA's PST against SN-Net's full fine-tuning on ViT-Ti/S/B.
 
 Every model is the paper's shape (224 px, patch 16, depth 12, widths 192/384/768) with random
-initialisation (``esta.anchors.build_family("vit-ti-s-b", num_classes=100)``), stitched with
-``esta.stitch.StitchedViT``; nothing is loaded from disk and stitching layers keep their default
+initialisation (``esta.vit.anchors.build_family("vit-ti-s-b", num_classes=100)``), stitched with
+``esta.vit.stitch.StitchedViT``; nothing is loaded from disk and stitching layers keep their default
 init (least squares does not change the cost). What is measured, and how:
 
 1. Training step, PST vs full (stitch 56 = ViT-S -> ViT-B (6,7), 10.0 GMACs, mid-depth), same batch.
@@ -29,9 +29,9 @@ init (least squares does not change the cost). What is measured, and how:
    parts called directly (front embed + blocks[:7], stitching linear, end blocks[7:] + norm + head).
    Outputs are checked equal before timing; a mismatch raises and the script exits non-zero.
 3. Evaluating all 71 stitches of the SN-Net model (shared parameters) on one batch with each front
-   anchor's prefix computed once (``esta.evaluate.predict``) vs one forward per stitch.
+   anchor's prefix computed once (``esta.vit.evaluate.predict``) vs one forward per stitch.
    ``all_stitches_prefix_flops``: FLOPs counted on the meta device over all 71 stitches, printed
-   beside the analytic minimum from ``esta.stitch.anchor_costs`` (each front anchor's stem and
+   beside the analytic minimum from ``esta.vit.stitch.anchor_costs`` (each front anchor's stem and
    blocks up to its deepest cut run once). ``all_stitches_prefix_time``: median paired time ratio.
    The logits of the two ways are checked equal.
 4. ``stitch_flops_table_time``: seconds to build the 71-row MACs/params table from scratch
@@ -48,7 +48,7 @@ many repeats ran. Torch uses every core (``--threads``). Beside each timing the 
 of CPU that other processes took meanwhile (from /proc/stat): on a shared 2-core box even one busy
 neighbour makes the two OpenMP threads wait on each other, and timings then mean little. CPU
 batches: 4 (training), 8 (forwards), 1 (all stitches). On CUDA (batch 64) the steps and forwards
-run under bf16 autocast, as ``esta.train`` and ``esta.evaluate`` do.
+run under bf16 autocast, as ``esta.train`` and ``esta.vit.evaluate`` do.
 Writes ``results.csv`` (benchmark,value,target,unit,met), rows with target "-" informational, and
 a sibling ``machine.json`` (machine, settings, checks passed, per-row notes).
 
@@ -74,13 +74,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from esta.adapt import AdaptConfig, AdaptedModel, adapt
-from esta.anchors import build_family, meta_family
-from esta.evaluate import predict
+from esta.vit.tuning import TuningConfig, TunableViT, make_tunable
+from esta.vit.anchors import build_family, meta_family
+from esta.vit.evaluate import predict
 from esta.info import stitch_table
 from esta.runtime import write_json
 from esta.sampling import snip_importance
-from esta.stitch import StitchedViT, anchor_costs, stitch_costs
+from esta.vit.stitch import StitchedViT, anchor_costs, stitch_costs
 
 FAMILY = "vit-ti-s-b"
 NUM_CLASSES = 100
@@ -275,10 +275,10 @@ def unfuse_attention(net: StitchedViT) -> StitchedViT:
     return net
 
 
-def meta_model(cfg: AdaptConfig) -> AdaptedModel:
+def meta_model(cfg: TuningConfig) -> TunableViT:
     """The adapted family on the meta device, attention unfused: shapes only, for FLOP counts."""
     with torch.device("meta"):
-        return adapt(unfuse_attention(StitchedViT(meta_family(FAMILY, NUM_CLASSES))), cfg)
+        return make_tunable(unfuse_attention(StitchedViT(meta_family(FAMILY, NUM_CLASSES))), cfg)
 
 
 def images(batch: int, device: torch.device | str, seed: int = 0) -> torch.Tensor:
@@ -391,12 +391,12 @@ def prefix_floor() -> float:
     return (total - shared) / total
 
 
-def bench_all_stitches(model: AdaptedModel, st: Settings, device: torch.device, checks: list[str]) -> list[Row]:
+def bench_all_stitches(model: TunableViT, st: Settings, device: torch.device, checks: list[str]) -> list[Row]:
     if not model.shares_prefix:
         raise ValueError("prefix reuse needs a model whose stitches share parameters (SN-Net)")
     ids = list(range(model.net.num_stitches))
 
-    meta = meta_model(AdaptConfig(mode="full")).eval()
+    meta = meta_model(TuningConfig(mode="full")).eval()
     xm = images(1, "meta")
     with torch.no_grad():
         flops_reuse = count_flops(lambda: predict(meta, xm, ids))
@@ -446,7 +446,7 @@ class Trainer:
     """One method's model, AdamW and the fixed batch of the benchmark step."""
 
     name: str
-    model: AdaptedModel
+    model: TunableViT
     opt: torch.optim.Optimizer
     x: torch.Tensor
     y: torch.Tensor
@@ -523,15 +523,15 @@ class Trainer:
         return out
 
 
-def make_trainer(cfg: AdaptConfig, st: Settings, device: torch.device) -> Trainer:
-    model = adapt(StitchedViT(build_family(FAMILY, NUM_CLASSES)), cfg).to(device).train()
+def make_trainer(cfg: TuningConfig, st: Settings, device: torch.device) -> Trainer:
+    model = make_tunable(StitchedViT(build_family(FAMILY, NUM_CLASSES)), cfg).to(device).train()
     # esta's recipe: AdamW lr 1e-3, wd 1e-4; SN-Net's anchors at 1e-4 (spec §8)
     lr_anchor = 1e-4 if cfg.mode == "full" else None
     opt = torch.optim.AdamW(model.param_groups(1e-3, lr_anchor, 1e-4))
     return Trainer(cfg.mode, model, opt, images(st.train_batch, device), labels(st.train_batch, device), device)
 
 
-def step_flops(cfg: AdaptConfig, batch: int) -> int:
+def step_flops(cfg: TuningConfig, batch: int) -> int:
     """FLOPs of forward + backward of one step (optimizer excluded), counted on the meta device."""
     model = meta_model(cfg).train()
     x, y = images(batch, "meta"), labels(batch, "meta")
@@ -553,7 +553,7 @@ def matmul_probe(device: torch.device, n: int, count: int):
 
 
 def bench_training(st: Settings, device: torch.device) -> list[Row]:
-    cfgs = dict(pst=AdaptConfig(mode="pst"), full=AdaptConfig(mode="full"))
+    cfgs = dict(pst=TuningConfig(mode="pst"), full=TuningConfig(mode="full"))
     flops = {name: step_flops(cfg, st.train_batch) for name, cfg in cfgs.items()}
 
     # Memory first, one model on the device at a time (matters for the CUDA peak).
@@ -679,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
     report(bench_table())  # first: the table is timed from scratch
     net = StitchedViT(build_family(FAMILY, NUM_CLASSES)).to(device)
     report(bench_forward(net, st, device, checks))
-    report(bench_all_stitches(adapt(net, AdaptConfig(mode="full")), st, device, checks))
+    report(bench_all_stitches(make_tunable(net, TuningConfig(mode="full")), st, device, checks))
     del net
     report(bench_training(st, device))
 

@@ -15,10 +15,9 @@ import itertools
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from scipy.stats import spearmanr
 
-from esta.adapt import AdaptedModel
+from esta.vit.tuning import TunableViT
 
 __all__ = ["SNAPSHOT_FRACS", "snapshot_steps", "importance_vs_accuracy", "lora_gradients",
            "gradient_cosines", "summarize_cosines", "stored_params", "selection_ablation"]
@@ -45,7 +44,7 @@ def importance_vs_accuracy(stats: pd.DataFrame, accuracy: pd.DataFrame) -> tuple
     return seen, float(spearmanr(seen["importance"], seen["selection_accuracy"]).statistic)
 
 
-def _lora_params(model: AdaptedModel, stitch_id: int) -> dict[str, list[torch.nn.Parameter]]:
+def _lora_params(model: TunableViT, stitch_id: int) -> dict[str, list[torch.nn.Parameter]]:
     """LoRA parameters on a stitch's path, grouped by the module they adapt (A before B)."""
     groups: dict[str, list] = {}
     for name, p in sorted(model.net.named_parameters()):
@@ -54,21 +53,21 @@ def _lora_params(model: AdaptedModel, stitch_id: int) -> dict[str, list[torch.nn
     return groups
 
 
-def lora_gradients(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, stitch_id: int) -> dict[str, torch.Tensor]:
+def lora_gradients(model: TunableViT, x: torch.Tensor, y: torch.Tensor, stitch_id: int) -> dict[str, torch.Tensor]:
     """Gradient of the batch loss through ``stitch_id`` w.r.t. each LoRA module on its path (A, B
     flattened and concatenated), keyed by module name."""
     groups = _lora_params(model, stitch_id)
     if not groups:
         raise ValueError("the model has no LoRA parameters (gradient interference needs PST)")
     model.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x, stitch_id), y).backward()
+    model.loss((x, y), stitch_id).backward()
     out = {m: torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in ps]).detach().clone()
            for m, ps in groups.items()}
     model.zero_grad(set_to_none=True)
     return out
 
 
-def gradient_cosines(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor,
+def gradient_cosines(model: TunableViT, x: torch.Tensor, y: torch.Tensor,
                      stitch_ids: list[int] | None = None) -> pd.DataFrame:
     """Cosine between the shared-LoRA gradients of every pair of stitches that share at least one
     LoRA module, over the modules both use. Pairs where either gradient is zero on the shared
@@ -93,7 +92,7 @@ def gradient_cosines(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor,
     return pd.DataFrame(rows, columns=["stitch_a", "stitch_b", "shared_modules", "cosine"])
 
 
-def stored_params(model: AdaptedModel, stitch_ids: list[int]) -> dict[str, int]:
+def stored_params(model: TunableViT, stitch_ids: list[int]) -> dict[str, int]:
     """Parameters stored to deploy ``stitch_ids`` from one trained model.
 
     ``task``: what is specific to the task — every trained parameter except the biases of stitches

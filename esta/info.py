@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from esta.adapt import AdaptConfig, adapt, count_trainable
-from esta.anchors import build_family, family
-from esta.stitch import StitchedViT, stitch_costs
+from esta.vit.tuning import TuningConfig, make_tunable, count_trainable
+from esta.vit.anchors import build_family, family
+from esta.vit.stitch import StitchedViT, stitch_costs
 
 __all__ = ["stitch_table", "family_info"]
 
@@ -25,9 +25,9 @@ def stitch_table(family_name: str, num_classes: int) -> pd.DataFrame:
 def trainable_params(family_name: str, num_classes: int, rank: int = 8) -> dict[str, int]:
     """Exact trainable parameter counts of PST (ESTA) and full fine-tuning (SN-Net)."""
     out = {}
-    for method, cfg in (("esta", AdaptConfig(rank=rank)), ("snnet", AdaptConfig(mode="full"))):
+    for method, cfg in (("esta", TuningConfig(rank=rank)), ("snnet", TuningConfig(mode="full"))):
         with torch.device("meta"):
-            out[method] = count_trainable(adapt(StitchedViT(build_family(family_name, num_classes)), cfg))
+            out[method] = count_trainable(make_tunable(StitchedViT(build_family(family_name, num_classes)), cfg))
     return out
 
 

@@ -168,12 +168,10 @@ def select_deployed(
 
 def refresh_importance(model, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     """Q(s) of every stitch on one fixed batch (the optional ``importance_refresh`` of spec §6)."""
-    import torch.nn.functional as F
-
     out = np.zeros(model.net.num_stitches)
     for sid in range(model.net.num_stitches):
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x, sid), y).backward()
+        model.loss((x, y), sid).backward()
         out[sid] = snip_importance(model.importance_params(sid))
     model.zero_grad(set_to_none=True)
     return out

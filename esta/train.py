@@ -2,7 +2,7 @@
 
 Each step samples one stitch, runs the batch through it, backpropagates, records the stitch's
 SNIP importance and takes an AdamW step (cosine schedule with linear warm-up). ESTA and SN-Net
-differ only in the model's trainable set (``esta.adapt``) and the sampler (``esta.sampling``).
+differ only in the model's trainable set (``esta.vit.tuning``) and the sampler (``esta.sampling``).
 
 Training is resumable: trainable parameters, optimizer, sampler and RNG state are saved every
 ``checkpoint_every_s`` seconds and at the end to ``<ckpt_dir>/<settings hash>.pt`` (only the latest
@@ -21,11 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
-from esta.adapt import AdaptedModel
 from esta.sampling import StitchSampler, snip_importance
 
 __all__ = ["TrainConfig", "TrainResult", "train", "settings_hash", "pick_device", "iterate_batches",
@@ -134,7 +132,7 @@ def _save(path: Path, state: dict) -> None:
 
 
 def train(
-    model: AdaptedModel,
+    model: torch.nn.Module,
     data: Dataset,
     cfg: TrainConfig,
     sampler: StitchSampler,
@@ -145,7 +143,12 @@ def train(
     stop_after: int | None = None,
     snapshot_at: list[int] = (),
 ) -> TrainResult:
-    """Train ``model`` in place on ``data`` (items ``(image, label)``), one sampled stitch per step.
+    """Train ``model`` in place on ``data``, one sampled stitch per step.
+
+    ``model`` is any family's tunable stitched model: ``model.loss(batch, stitch_id)`` gives the
+    training loss of a batch (a tuple of tensors, as the data set yields them),
+    ``model.importance_params(stitch_id)`` the stitch's Θ_s, and ``model.trainable()`` /
+    ``model.param_groups(...)`` what the optimizer steps.
 
     ``settings`` is everything that determines the run (config slices, input checksums); its hash
     names the checkpoint. ``stop_after`` ends the run after that many steps (tests of resume).
@@ -207,14 +210,13 @@ def train(
     epoch = start // steps_per_epoch
     while step < total:
         batches = _epoch_batches(n, cfg.batch_size, cfg.seed, epoch)[step - epoch * steps_per_epoch :]
-        for x, y in iterate_batches(data, batches, cfg.num_workers, pin=use_amp):
+        for batch in iterate_batches(data, batches, cfg.num_workers, pin=use_amp):
             if step >= total or (stop_after is not None and step >= stop_after):
                 break
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
+            batch = tuple(t.to(device, non_blocking=True) for t in batch)
             sid = sampler.sample(step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = F.cross_entropy(model(x, sid), y)
+                loss = model.loss(batch, sid)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             q = snip_importance(model.importance_params(sid))

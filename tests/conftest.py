@@ -16,7 +16,7 @@ import pytest
 import timm
 import torch
 
-from esta.stitch import enumerate_stitches
+from esta.vit.stitch import enumerate_stitches
 
 torch.set_num_threads(1)  # 2-core CI box, often shared: one thread is fastest for these toy models
 
@@ -27,7 +27,7 @@ NUM_CLASSES = 5
 
 
 def tiny_arch(widths=WIDTHS, depth=DEPTH) -> list[dict]:
-    """``{"timm_name", "kwargs"}`` per anchor, the form ``esta.export.export_stitch`` records."""
+    """``{"timm_name", "kwargs"}`` per anchor, the form ``esta.vit.export.export_stitch`` records."""
     return [
         dict(
             timm_name="vit_tiny_patch16_224",

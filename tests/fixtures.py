@@ -1,7 +1,7 @@
 """Writers of tiny datasets and weights in the real on-disk formats (plain functions, not pytest fixtures).
 
 Each writer is deterministic given its seed, needs no network, and lays its output out exactly as
-``esta.data.DATA_ROOT_LAYOUT`` describes, so tests (and the workflow tests) can point the code at a
+``esta.vit.data.DATA_ROOT_LAYOUT`` describes, so tests (and the workflow tests) can point the code at a
 ``data_root`` that looks like a real one:
 
 - :func:`write_vtab_fixture`: VTAB-1k tasks with images of mixed PIL modes and sizes.
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from esta.data import CIFAR_FOLDER, task_info, task_path
+from esta.vit.data import CIFAR_FOLDER, task_info, task_path
 
 # (PIL mode, file suffix) cycled over fixture images: JPEG holds L, RGB and CMYK; a palette image needs PNG.
 _MODES = (("RGB", ".jpg"), ("L", ".jpg"), ("CMYK", ".jpg"), ("P", ".png"))

@@ -11,19 +11,19 @@ import torch.nn.functional as F
 from conftest import NUM_CLASSES, make_anchors, make_images
 from torch.utils.data import TensorDataset
 
-from esta.adapt import AdaptConfig, adapt
+from esta.vit.tuning import TuningConfig, make_tunable
 from esta.analysis import (gradient_cosines, importance_vs_accuracy, lora_gradients, selection_ablation,
                            snapshot_steps, stored_params)
 from esta.pareto import accuracy_by_group, accuracy_by_task, deployed_curves
 from esta.sampling import SamplerConfig, StitchSampler
-from esta.stitch import StitchedViT, ls_init
+from esta.vit.stitch import StitchedViT, ls_init
 from esta.train import TrainConfig, train
 
 
 def trained(stitch_biases=True, steps=6, seed=0):
     net = StitchedViT(make_anchors(seed=seed))
     ls_init(net, make_images(16, seed=7))
-    model = adapt(net, AdaptConfig(rank=2, stitch_biases=stitch_biases))
+    model = make_tunable(net, TuningConfig(rank=2, stitch_biases=stitch_biases))
     data = TensorDataset(make_images(16, seed=5), torch.arange(16) % NUM_CLASSES)
     cfg = TrainConfig(epochs=steps / 2, batch_size=8, lr=5e-2, warmup_epochs=0)
     sampler = StitchSampler(net.num_stitches, cfg.total_steps(16), SamplerConfig(kind="uniform"), seed=seed)
@@ -80,7 +80,7 @@ def test_gradient_cosines_follow_the_definition_over_shared_modules(pst):
 
 def test_zero_gradients_give_no_pair_instead_of_nan():
     net = StitchedViT(make_anchors())
-    model = adapt(net, AdaptConfig(rank=2))  # LoRA B is zero: A has no gradient, B does
+    model = make_tunable(net, TuningConfig(rank=2))  # LoRA B is zero: A has no gradient, B does
     x, y = make_images(4), torch.arange(4) % NUM_CLASSES
     with torch.no_grad():
         for n, p in model.net.named_parameters():
@@ -108,7 +108,7 @@ def test_spearman_of_importance_and_accuracy():
 
 def test_stored_params_count_shared_lora_and_only_deployed_biases():
     net = StitchedViT(make_anchors())
-    model = adapt(net, AdaptConfig(rank=2))
+    model = make_tunable(net, TuningConfig(rank=2))
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
     bias = {s: sum(v for n, v in trainable.items() if n.startswith(f"biases.{s}.")) for s in range(net.num_stitches)}
     shared = sum(v for n, v in trainable.items() if not n.startswith("biases."))
@@ -117,7 +117,7 @@ def test_stored_params_count_shared_lora_and_only_deployed_biases():
     assert got["task"] == shared + bias[0] + bias[4] + layers
     frozen = sum(p.numel() for n, p in net.named_parameters() if not p.requires_grad)
     assert got["total"] == got["task"] + frozen - layers
-    full = adapt(StitchedViT(make_anchors()), AdaptConfig(mode="full"))
+    full = make_tunable(StitchedViT(make_anchors()), TuningConfig(mode="full"))
     assert stored_params(full, [0])["task"] == sum(p.numel() for p in full.parameters())
 
 
@@ -199,7 +199,7 @@ def test_snapshots_hold_the_state_after_that_step(pst):
 def test_snapshots_survive_an_interrupted_run(tmp_path):
     def run(ckpt, stop_after=None):
         net = StitchedViT(make_anchors(seed=0))
-        model = adapt(net, AdaptConfig(rank=2))
+        model = make_tunable(net, TuningConfig(rank=2))
         data = TensorDataset(make_images(16, seed=5), torch.arange(16) % NUM_CLASSES)
         cfg = TrainConfig(epochs=3, batch_size=8, lr=5e-2, warmup_epochs=0)
         sampler = StitchSampler(net.num_stitches, cfg.total_steps(16), SamplerConfig(kind="uniform"), seed=0)

@@ -11,9 +11,9 @@ from conftest import DEPTH, make_anchors, make_images
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from esta.anchors import FAMILIES, build_anchor, family, meta_family
+from esta.vit.anchors import FAMILIES, build_anchor, family, meta_family
 from esta.info import stitch_table
-from esta.stitch import StitchedViT, enumerate_stitches, least_squares, ls_init, stitch_costs
+from esta.vit.stitch import StitchedViT, enumerate_stitches, least_squares, ls_init, stitch_costs
 
 # ---------------------------------------------------------------------------------------------
 # Enumeration (spec §2)

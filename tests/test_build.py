@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from esta.adapt import AdaptConfig, adapt
-from esta.anchors import AnchorSpec, FAMILIES
-from esta.build import assemble, load_anchor, save_tensors
+from esta.vit.tuning import TuningConfig, make_tunable
+from esta.vit.anchors import AnchorSpec, FAMILIES
+from esta.vit.build import assemble, load_anchor, save_tensors
 from esta.sampling import refresh_importance, snip_importance
-from esta.stitch import StitchedViT, ls_init
+from esta.vit.stitch import StitchedViT, ls_init
 
 from conftest import make_anchors, make_images
 
@@ -62,13 +62,13 @@ def test_assemble_round_trips_stitch_layers_and_trained_state(tmp_path, monkeypa
     net = StitchedViT(make_anchors())
     ls_init(net, make_images(8))
     save_tensors(net.stitch_layers.state_dict(), tmp_path / "stitch.safetensors")
-    model = adapt(net, AdaptConfig(rank=2))
+    model = make_tunable(net, TuningConfig(rank=2))
     with torch.no_grad():
         for p in model.trainable().values():
             p.add_(0.05 * torch.randn_like(p))
     save_tensors(model.trainable(), tmp_path / "state.safetensors")
 
-    again = assemble("tiny-test", 5, files, tmp_path / "stitch.safetensors", AdaptConfig(rank=2),
+    again = assemble("tiny-test", 5, files, tmp_path / "stitch.safetensors", TuningConfig(rank=2),
                      state_file=tmp_path / "state.safetensors")
     x = make_images(4, seed=3)
     model.eval(), again.eval()
@@ -76,12 +76,12 @@ def test_assemble_round_trips_stitch_layers_and_trained_state(tmp_path, monkeypa
         for sid in (0, 5, 20):
             torch.testing.assert_close(again(x, sid), model(x, sid))
     with pytest.raises(ValueError, match="state.safetensors"):  # trained with rank 2, asked for rank 4
-        assemble("tiny-test", 5, files, tmp_path / "stitch.safetensors", AdaptConfig(rank=4),
+        assemble("tiny-test", 5, files, tmp_path / "stitch.safetensors", TuningConfig(rank=4),
                  state_file=tmp_path / "state.safetensors")
 
 
 def test_refresh_importance_is_q_of_each_stitch_on_the_batch():
-    model = adapt(StitchedViT(make_anchors()), AdaptConfig(rank=2))
+    model = make_tunable(StitchedViT(make_anchors()), TuningConfig(rank=2))
     with torch.no_grad():
         for n, p in model.trainable().items():
             if "lora_B" in n:

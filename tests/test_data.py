@@ -14,8 +14,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from esta import data, embedded
-from esta.data import (TASKS, VtabFolder, check_task, eval_transform, load_tensors, mode_splits, open_split,
+from esta.vit import data, embedded
+from esta.vit.data import (TASKS, VtabFolder, check_task, eval_transform, load_tensors, mode_splits, open_split,
                        task_info, write_vtab_task)
 from fixtures import (fgvc_class_ids, write_cifar100_fixture, write_fgvc_fixture, write_vit_weights,
                       write_vtab_fixture)

@@ -29,9 +29,9 @@ import yaml
 from conftest import BIN, NUM_CLASSES, ROOT, make_anchors, make_images, make_workdir, snakemake
 from torch.utils.data import TensorDataset
 
-from esta.adapt import AdaptConfig, adapt
+from esta.vit.tuning import TuningConfig, make_tunable
 from esta.sampling import SamplerConfig, StitchSampler
-from esta.stitch import StitchedViT
+from esta.vit.stitch import StitchedViT
 from esta.train import TrainConfig, settings_hash, train
 
 SMOKE = ROOT / "config" / "smoke.yaml"
@@ -290,7 +290,7 @@ N_IMAGES, BATCH = 24, 8
 
 
 def tiny_model():
-    return adapt(StitchedViT(make_anchors(seed=0)), AdaptConfig(rank=2))
+    return make_tunable(StitchedViT(make_anchors(seed=0)), TuningConfig(rank=2))
 
 
 def tiny_cfg(seed: int) -> TrainConfig:
@@ -348,7 +348,7 @@ def test_tampered_training_checkpoint_is_refused_without_running_code(tmp_path):
 
 
 def test_tampered_pth_anchor_file_is_refused_without_running_code(tmp_path):
-    from esta.anchors import build_anchor, family
+    from esta.vit.anchors import build_anchor, family
 
     marker = tmp_path / "pwned"
     path = tampered(tmp_path / "anchor.pth", marker)
@@ -442,11 +442,11 @@ def label_out_of_range(root, write):
 
 def truncated_jpeg(tmp_path: Path) -> Outcome:
     """VTAB fixture, one JPEG cut in half, its header intact: register_data's check reads headers only
-    (esta.data.check_task, by design), so the first decode must fail naming the image:
-    esta.build.open_task, as ls_init and the training jobs call it"""
+    (esta.vit.data.check_task, by design), so the first decode must fail naming the image:
+    esta.vit.build.open_task, as ls_init and the training jobs call it"""
     from fixtures import write_vtab_fixture
 
-    from esta.build import open_task, write_manifest
+    from esta.vit.build import open_task, write_manifest
 
     (folder,) = write_vtab_fixture(tmp_path / "data", names=("dtd",))
     image = folder / "images" / "train800" / "000004.jpg"  # 64x48 RGB: its header survives the cut
@@ -487,7 +487,7 @@ def test_matching_weight_file_registers(tmp_path):
     from fixtures import write_vit_weights
     from safetensors.torch import load_file
 
-    from esta.anchors import build_anchor, family, family_at
+    from esta.vit.anchors import build_anchor, family, family_at
 
     (path,) = write_vit_weights(tmp_path, names=("vit_tiny_patch16_224",))  # 21843 classes by default
     assert path.name == yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())["anchors"]["weights"][0]
@@ -499,13 +499,13 @@ def test_matching_weight_file_registers(tmp_path):
 
 
 def state_of_other_settings(tmp_path: Path) -> Outcome:
-    """esta.build.assemble(rank 4, state_file = a state trained with rank 2)"""
-    from esta.build import assemble, save_tensors
+    """esta.vit.build.assemble(rank 4, state_file = a state trained with rank 2)"""
+    from esta.vit.build import assemble, save_tensors
 
     state = tmp_path / "rank2.safetensors"
-    save_tensors(assemble("embedded", 5, [None] * 3, adapt_cfg=AdaptConfig(rank=2)).trainable(), state)
+    save_tensors(assemble("embedded", 5, [None] * 3, tuning_cfg=TuningConfig(rank=2)).trainable(), state)
     try:
-        assemble("embedded", 5, [None] * 3, adapt_cfg=AdaptConfig(rank=4), state_file=state)
+        assemble("embedded", 5, [None] * 3, tuning_cfg=TuningConfig(rank=4), state_file=state)
     except ValueError as err:
         return Outcome(True, 1, str(err), str(err), [])
     return Outcome(False, 0, "", "", [])

@@ -13,11 +13,11 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
-from esta.adapt import AdaptConfig, adapt
-from esta.evaluate import evaluate, predict
-from esta.export import export_stitch, load_stitch, merged_net
+from esta.vit.tuning import TuningConfig, make_tunable
+from esta.vit.evaluate import evaluate, predict
+from esta.vit.export import export_stitch, load_stitch, merged_net
 from esta.sampling import SamplerConfig, StitchSampler
-from esta.stitch import StitchedViT, ls_init
+from esta.vit.stitch import StitchedViT, ls_init
 from esta.train import TrainConfig, train
 
 N_IMAGES, BATCH = 24, 8  # 3 steps per epoch
@@ -27,7 +27,7 @@ def build(seed: int = 0, **adapt_kwargs):
     """Everything seeded, so two calls give bit-identical models (as a resumed job rebuilds it)."""
     net = StitchedViT(make_anchors(seed=seed))  # make_anchors seeds the global RNG used here too
     ls_init(net, make_images(16, seed=7))
-    return adapt(net, AdaptConfig(**{"rank": 2, **adapt_kwargs}))
+    return make_tunable(net, TuningConfig(**{"rank": 2, **adapt_kwargs}))
 
 
 def toy_data() -> TensorDataset:

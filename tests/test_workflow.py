@@ -59,7 +59,7 @@ def test_bad_config_fails_in_validation_naming_the_key(override, culprit, tmp_pa
 
 
 def test_schema_task_enum_is_the_task_table():
-    from esta.data import TASKS
+    from esta.vit.data import TASKS
 
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
     assert schema["properties"]["tasks"]["items"]["enum"] == list(TASKS)
@@ -129,8 +129,8 @@ def test_benchmarks_cover_heavy_rules(smoke):
 
 
 def test_exported_stitch_reproduces_logged_accuracy(smoke):
-    from esta.build import open_task
-    from esta.export import load_stitch
+    from esta.vit.build import open_task
+    from esta.vit.export import load_stitch
 
     cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
     task = cfg["tasks"][0]

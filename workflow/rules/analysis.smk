@@ -19,7 +19,7 @@ rule cost_table:
     input:
         benchmarks=f"{R}/tables/benchmarks.csv",
         deployed=f"{R}/tables/deployed.csv",
-        code=code("analysis", "adapt", "anchors", "stitch"),
+        code=code("analysis", "vit/tuning", "vit/anchors", "vit/stitch"),
     output:
         f"{R}/tables/cost.csv",
     log:
@@ -92,7 +92,7 @@ rule grad_interference:
         stitch=esta_stitch_init("tuning"),
         snapshots=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/snapshots.safetensors",
         data=f"{R}/data/{{task}}/manifest.json",
-        code=code("analysis", "adapt", "build"),
+        code=code("analysis", "vit/tuning", "vit/build"),
     output:
         f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/grad_interference.csv",
     log:

@@ -3,14 +3,14 @@ rule pretrain_anchor:
     input:
         data=f"{R}/data/upstream/manifest.json",
         code=code(
-            "anchors",
-            "stitch",
-            "adapt",
+            "vit/anchors",
+            "vit/stitch",
+            "vit/tuning",
             "sampling",
             "train",
-            "evaluate",
-            "build",
-            "data",
+            "vit/evaluate",
+            "vit/build",
+            "vit/data",
         ),
     output:
         weights=f"{R}/anchors/{{family}}/anchor{{i}}.safetensors",
@@ -44,7 +44,7 @@ rule register_weights:
     """Load one local pretrained weight file into its timm architecture and store it as an anchor
     (no file input: weights_root is a param; a changed file reruns it)."""
     input:
-        code=code("anchors", "build"),
+        code=code("vit/anchors", "vit/build"),
     output:
         weights=f"{R}/anchors/{{family}}/anchor{{i}}.safetensors",
         info=f"{R}/anchors/{{family}}/anchor{{i}}.json",
@@ -81,7 +81,7 @@ rule anchors_table:
 
 rule stitch_table:
     input:
-        code=code("anchors", "stitch", "info", "adapt"),
+        code=code("vit/anchors", "vit/stitch", "info", "vit/tuning"),
     output:
         f"{R}/tables/stitches.csv",
     log:
@@ -100,7 +100,7 @@ rule ls_init:
     input:
         anchors=ls_init_anchors,
         data=f"{R}/data/{{task}}/manifest.json",
-        code=code("anchors", "stitch", "build", "data"),
+        code=code("vit/anchors", "vit/stitch", "vit/build", "vit/data"),
     output:
         f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/stitch_init.safetensors",
     log:

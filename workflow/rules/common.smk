@@ -29,8 +29,18 @@ def heavy_threads():
 
 
 def code(*modules):
-    """The esta modules a job runs, as inputs: changed code reruns its jobs."""
-    return [f"esta/{m}.py" for m in ("__init__", "runtime") + modules]
+    """The esta modules a job runs, as inputs: changed code reruns its jobs. A name is a module
+    (`train`, `vit/stitch`) or a package folder (`vit/data`), whose every module counts.
+    """
+    out = []
+    for m in ("__init__", "runtime") + modules:
+        if os.path.isdir(f"esta/{m}"):
+            out += sorted(
+                f"esta/{m}/{f}" for f in os.listdir(f"esta/{m}") if f.endswith(".py")
+            )
+        else:
+            out.append(f"esta/{m}.py")
+    return out
 
 
 def merged(base, over):
@@ -146,7 +156,7 @@ def data_fingerprint(w):
     """Changed list files of an external task change this param, which reruns register_data."""
     if config["data_root"] is None:
         return "data_root unset"
-    from esta.data import (
+    from esta.vit.data import (
         task_info,
     )  # imported only for external tasks (torch import cost)
 

@@ -13,7 +13,7 @@ rule resolve_config:
 
 rule prepare_data:
     input:
-        code=code("data", "embedded"),
+        code=code("vit/data", "vit/embedded"),
     output:
         f"{R}/data/{{task}}/manifest.json",
     log:
@@ -34,7 +34,7 @@ rule register_data:
     the data root is a param, so the DAG plans without the data; changed list files rerun it).
     """
     input:
-        code=code("data", "build"),
+        code=code("vit/data", "vit/build"),
     output:
         f"{R}/data/{{task}}/manifest.json",
     log:
@@ -54,7 +54,7 @@ rule register_data:
 
 rule prepare_upstream:
     input:
-        code=code("data", "embedded"),
+        code=code("vit/data", "vit/embedded"),
     output:
         f"{R}/data/upstream/manifest.json",
     log:

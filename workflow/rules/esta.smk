@@ -1,4 +1,12 @@
-TRAIN_CODE = code("anchors", "stitch", "adapt", "sampling", "train", "build", "data")
+TRAIN_CODE = code(
+    "vit/anchors",
+    "vit/stitch",
+    "vit/tuning",
+    "sampling",
+    "train",
+    "vit/build",
+    "vit/data",
+)
 
 
 rule train_esta:
@@ -44,7 +52,7 @@ rule select_esta:
         stitch=esta_stitch_init("tuning"),
         model=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/model.safetensors",
         data=f"{R}/data/{{task}}/manifest.json",
-        code=code("sampling", "pareto", "build"),
+        code=code("sampling", "pareto", "vit/build"),
     output:
         f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/deployed.csv",
     log:

@@ -4,7 +4,7 @@ rule evaluate_stitches:
     input:
         unpack(trained_model("tuning")),
         data=f"{R}/data/{{task}}/manifest.json",
-        code=code("evaluate", "build", "data"),
+        code=code("vit/evaluate", "vit/build", "vit/data"),
     output:
         f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/tuning/stitch_accuracy_{{split}}.csv",
     log:
@@ -34,7 +34,7 @@ rule evaluate_deployed:
         unpack(model_inputs),
         deployed=f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/tuning/deployed.csv",
         data=f"{R}/data/{{task}}/manifest.json",
-        code=code("evaluate", "build", "data"),
+        code=code("vit/evaluate", "vit/build", "vit/data"),
     output:
         f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/test_accuracy.csv",
     log:
@@ -60,7 +60,7 @@ rule export_deployed:
     input:
         unpack(model_inputs),
         accuracy=f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/test_accuracy.csv",
-        code=code("export", "build"),
+        code=code("vit/export", "vit/build"),
     output:
         directory(f"{R}/{{method}}/{{variant}}/{{task}}/deployed/seed{{seed}}"),
     log:

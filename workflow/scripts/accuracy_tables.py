@@ -3,7 +3,7 @@
 import pandas as pd
 
 from esta import runtime
-from esta.data import GROUPS
+from esta.vit.data import GROUPS
 from esta.pareto import accuracy_by_group, accuracy_by_task
 
 runtime.start_job(snakemake)

@@ -12,12 +12,12 @@ import pandas as pd
 import torch
 
 from esta import runtime
-from esta.adapt import adapt, count_trainable
+from esta.vit.tuning import make_tunable, count_trainable
 from esta.analysis import stored_params
-from esta.anchors import build_family, family_at
-from esta.build import adapt_config
-from esta.data import task_info
-from esta.stitch import StitchedViT
+from esta.vit.anchors import build_family, family_at
+from esta.vit.build import tuning_config
+from esta.vit.data import task_info
+from esta.vit.stitch import StitchedViT
 
 log = runtime.start_job(snakemake)
 p = snakemake.params
@@ -38,7 +38,7 @@ STEPS = {
 
 def model(method: str, num_classes: int):
     with torch.device("meta"):
-        return adapt_config(method, p.method[method]), StitchedViT(build_family(fam, num_classes))
+        return tuning_config(method, p.method[method]), StitchedViT(build_family(fam, num_classes))
 
 
 counts = []  # per method, task, seed: trainable and stored parameters after each step
@@ -46,7 +46,7 @@ for (method, task, seed), d in deployed.groupby(["method", "task", "seed"]):
     classes = task_info(task).num_classes
     cfg, net = model(method, classes)
     with torch.device("meta"):
-        m = adapt(net, cfg)
+        m = make_tunable(net, cfg)
     trained = count_trainable(m)
     stored = stored_params(m, d["stitch_id"].tolist())
     anchors = sum(p_.numel() for a in net.anchors for p_ in a.parameters())

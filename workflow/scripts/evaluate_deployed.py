@@ -3,17 +3,17 @@
 import pandas as pd
 
 from esta import runtime
-from esta.build import adapt_config, assemble, open_task, read_manifest
-from esta.anchors import family_at
-from esta.data import mode_splits
-from esta.evaluate import evaluate
+from esta.vit.build import tuning_config, assemble, open_task, read_manifest
+from esta.vit.anchors import family_at
+from esta.vit.data import mode_splits
+from esta.vit.evaluate import evaluate
 from esta.train import pick_device
 
 log = runtime.start_job(snakemake)
 w, p, inp = snakemake.wildcards, snakemake.params, snakemake.input
 manifest = read_manifest(inp.data)
 model = assemble(family_at(p.family, p.img_size), manifest["num_classes"], inp.anchors, inp.stitch,
-                 adapt_config(w.method, p.method[w.method]), state_file=inp.model)
+                 tuning_config(w.method, p.method[w.method]), state_file=inp.model)
 deployed = pd.read_csv(inp.deployed)
 device = pick_device(p.device)
 # reported numbers are always on the test split (spec §8)

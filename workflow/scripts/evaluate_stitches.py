@@ -4,10 +4,10 @@ split) or the test split, with each front anchor's prefix shared where parameter
 import pandas as pd
 
 from esta import runtime
-from esta.anchors import family_at
-from esta.build import adapt_config, assemble, open_task, read_manifest
-from esta.data import mode_splits
-from esta.evaluate import evaluate
+from esta.vit.anchors import family_at
+from esta.vit.build import tuning_config, assemble, open_task, read_manifest
+from esta.vit.data import mode_splits
+from esta.vit.evaluate import evaluate
 from esta.train import pick_device
 
 log = runtime.start_job(snakemake)
@@ -15,7 +15,7 @@ w, p, inp = snakemake.wildcards, snakemake.params, snakemake.input
 manifest = read_manifest(inp.data)
 split = mode_splits(w.task, "tuning")[1] if w.split == "selection" else mode_splits(w.task, "final")[1]
 model = assemble(family_at(p.family, p.img_size), manifest["num_classes"], inp.anchors, inp.stitch,
-                 adapt_config(w.method, p.method[w.method]), state_file=inp.model)
+                 tuning_config(w.method, p.method[w.method]), state_file=inp.model)
 device = pick_device(p.device)
 acc = evaluate(model, open_task(manifest, split, p.img_size, p.num_workers), batch_size=p.batch_size, device=device)
 table = pd.DataFrame(dict(stitch_id=list(acc), accuracy=list(acc.values()), split=split))

@@ -5,17 +5,17 @@ from pathlib import Path
 import pandas as pd
 
 from esta import runtime
-from esta.build import adapt_config, anchor_arch, assemble, load_tensors_file
-from esta.data import task_info
-from esta.anchors import family_at
-from esta.export import export_stitch
+from esta.vit.build import tuning_config, anchor_arch, assemble, load_tensors_file
+from esta.vit.data import task_info
+from esta.vit.anchors import family_at
+from esta.vit.export import export_stitch
 
 log = runtime.start_job(snakemake)
 w, p, inp = snakemake.wildcards, snakemake.params, snakemake.input
 fam = family_at(p.family, p.img_size)
 deployed = pd.read_csv(inp.accuracy)
 model = assemble(fam, task_info(w.task).num_classes, inp.anchors, inp.stitch,
-                 adapt_config(w.method, p.method[w.method]), state_file=inp.model)
+                 tuning_config(w.method, p.method[w.method]), state_file=inp.model)
 trained = load_tensors_file(inp.model)[1]
 out = Path(snakemake.output[0])
 files = []

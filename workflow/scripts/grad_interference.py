@@ -6,9 +6,9 @@ import torch
 
 from esta import runtime
 from esta.analysis import gradient_cosines
-from esta.anchors import family_at
-from esta.build import adapt_config, assemble, load_tensors_file, open_task, read_manifest
-from esta.data import mode_splits
+from esta.vit.anchors import family_at
+from esta.vit.build import tuning_config, assemble, load_tensors_file, open_task, read_manifest
+from esta.vit.data import mode_splits
 from esta.train import pick_device
 
 log = runtime.start_job(snakemake)
@@ -16,7 +16,7 @@ w, p, inp = snakemake.wildcards, snakemake.params, snakemake.input
 manifest = read_manifest(inp.data)
 device = pick_device(p.device)
 model = assemble(family_at(p.family, p.img_size), manifest["num_classes"], inp.anchors, inp.stitch,
-                 adapt_config("esta", p.method)).to(device)
+                 tuning_config("esta", p.method)).to(device)
 data = open_task(manifest, mode_splits(w.task, "tuning")[0], p.img_size, augment=False)
 g = torch.Generator().manual_seed(int(w.seed))
 idx = torch.randperm(len(data), generator=g)[: p.method["train"]["batch_size"]].tolist()

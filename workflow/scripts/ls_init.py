@@ -3,10 +3,10 @@
 import torch
 
 from esta import runtime
-from esta.build import load_anchors, open_task, read_manifest, save_tensors
-from esta.anchors import family_at
-from esta.data import mode_splits
-from esta.stitch import StitchedViT, ls_init
+from esta.vit.build import load_anchors, open_task, read_manifest, save_tensors
+from esta.vit.anchors import family_at
+from esta.vit.data import mode_splits
+from esta.vit.stitch import StitchedViT, ls_init
 
 log = runtime.start_job(snakemake)
 w, p = snakemake.wildcards, snakemake.params

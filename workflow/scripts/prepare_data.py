@@ -1,9 +1,9 @@
 """Render one embedded task in the VTAB-1k layout and describe it in a manifest."""
 
 from esta import runtime
-from esta.build import write_manifest
-from esta.data import task_info
-from esta.embedded import make_task
+from esta.vit.build import write_manifest
+from esta.vit.data import task_info
+from esta.vit.embedded import make_task
 
 log = runtime.start_job(snakemake)
 task, d = snakemake.wildcards.task, snakemake.params.data

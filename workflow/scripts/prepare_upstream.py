@@ -1,8 +1,8 @@
 """Render the synthetic upstream set the embedded anchors are pretrained on (ImageNet's role)."""
 
 from esta import runtime
-from esta.build import write_manifest
-from esta.embedded import make_upstream
+from esta.vit.build import write_manifest
+from esta.vit.embedded import make_upstream
 
 log = runtime.start_job(snakemake)
 p = snakemake.params.pretrain

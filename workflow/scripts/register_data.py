@@ -4,8 +4,8 @@ it in a manifest: split sizes, and bytes + sha256 of its list files (spec §8)."
 from pathlib import Path
 
 from esta import runtime
-from esta.build import write_manifest
-from esta.data import DATA_ROOT_LAYOUT, task_info
+from esta.vit.build import write_manifest
+from esta.vit.data import DATA_ROOT_LAYOUT, task_info
 
 log = runtime.start_job(snakemake)
 task, root = snakemake.wildcards.task, snakemake.params.data_root

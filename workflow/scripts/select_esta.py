@@ -5,9 +5,9 @@ import pandas as pd
 import torch
 
 from esta import runtime
-from esta.build import adapt_config, assemble, open_task, read_manifest
-from esta.anchors import family_at
-from esta.data import mode_splits
+from esta.vit.build import tuning_config, assemble, open_task, read_manifest
+from esta.vit.anchors import family_at
+from esta.vit.data import mode_splits
 from esta.sampling import refresh_importance, select_deployed
 
 log = runtime.start_job(snakemake)
@@ -19,7 +19,7 @@ score = stats["importance"].to_numpy()
 if d["importance_refresh"]:
     manifest = read_manifest(inp.data)
     model = assemble(family_at(p.family, p.img_size), manifest["num_classes"], inp.anchors, inp.stitch,
-                     adapt_config("esta", p.method), state_file=inp.model)
+                     tuning_config("esta", p.method), state_file=inp.model)
     data = open_task(manifest, mode_splits(manifest["task"], "tuning")[0], p.img_size, augment=False)
     g = torch.Generator().manual_seed(int(snakemake.wildcards.seed))
     idx = torch.randperm(len(data), generator=g)[: p.method["train"]["batch_size"]].tolist()

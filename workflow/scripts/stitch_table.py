@@ -1,8 +1,8 @@
 """The configured family's stitch table: ids, positions, depth, MACs and parameters per stitch."""
 
 from esta import runtime
-from esta.anchors import family_at
-from esta.data import task_info
+from esta.vit.anchors import family_at
+from esta.vit.data import task_info
 from esta.info import stitch_table
 
 runtime.start_job(snakemake)

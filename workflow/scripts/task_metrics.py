@@ -5,7 +5,7 @@ import json
 import pandas as pd
 
 from esta import runtime
-from esta.data import task_info
+from esta.vit.data import task_info
 
 runtime.start_job(snakemake)
 w, p = snakemake.wildcards, snakemake.params

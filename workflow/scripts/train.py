@@ -5,10 +5,10 @@ import pandas as pd
 import torch
 
 from esta import runtime
-from esta.build import adapt_config, assemble, data_key, open_task, read_manifest, save_tensors
+from esta.vit.build import tuning_config, assemble, data_key, open_task, read_manifest, save_tensors
 from esta.analysis import SNAPSHOT_FRACS, snapshot_steps
-from esta.anchors import family_at
-from esta.data import mode_splits
+from esta.vit.anchors import family_at
+from esta.vit.data import mode_splits
 from esta.sampling import SamplerConfig, StitchSampler
 from esta.train import TrainConfig, clear_checkpoints, pick_device, train
 
@@ -21,7 +21,7 @@ data = open_task(manifest, mode_splits(w.task, w.mode)[0], p.img_size, p.num_wor
 device = pick_device(p.device)
 
 torch.manual_seed(seed)  # task heads are initialised here
-acfg = adapt_config(method, p.method)
+acfg = tuning_config(method, p.method)
 model = assemble(family_at(p.family, p.img_size), manifest["num_classes"], inp.anchors, inp.stitch, acfg)
 cfg = TrainConfig(**p.train, seed=seed, checkpoint_every_s=p.checkpoint_every_s, num_workers=p.num_workers)
 scfg = SamplerConfig(**p.sampler)
@@ -29,14 +29,14 @@ sampler = StitchSampler(model.net.num_stitches, cfg.total_steps(len(data)), scfg
 n_trainable = sum(t.numel() for t in model.trainable().values())
 log.info("%s on %s (%s): %d stitches, %d trainable parameters", method, w.task, w.mode,
          model.net.num_stitches, n_trainable)
-settings = dict(method=method, adapt=acfg.to_dict(), sampler=scfg.to_dict(), task=w.task, mode=w.mode,
+settings = dict(method=method, tuning=acfg.to_dict(), sampler=scfg.to_dict(), task=w.task, mode=w.mode,
                 inputs=[runtime.file_digest(f) for f in [inp.stitch, *inp.anchors]],
                 code=[runtime.file_digest(f) for f in inp.code], data=data_key(manifest))
 # ESTA keeps snapshots of its trainable state for the gradient-interference analysis (spec §10)
 snap = snapshot_steps(sampler.total_steps) if "snapshots" in out.keys() else []
 result = train(model, data, cfg, sampler, p.ckpt_dir, settings=settings, device=device, snapshot_at=snap)
 
-meta = dict(method=method, task=w.task, seed=seed, mode=w.mode, adapt=acfg.to_dict(), sampler=scfg.to_dict(),
+meta = dict(method=method, task=w.task, seed=seed, mode=w.mode, tuning=acfg.to_dict(), sampler=scfg.to_dict(),
             train=cfg.to_dict(), provenance=runtime.provenance(device))
 save_tensors(model.trainable(), out.model, meta)
 if snap:

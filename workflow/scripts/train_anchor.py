@@ -6,13 +6,13 @@ import time
 import torch
 
 from esta import runtime
-from esta.adapt import AdaptConfig, adapt
-from esta.anchors import family, family_at
-from esta.build import data_key, load_anchor, open_task, read_manifest, save_tensors
-from esta.data import mode_splits
-from esta.evaluate import evaluate
+from esta.vit.tuning import TuningConfig, make_tunable
+from esta.vit.anchors import family, family_at
+from esta.vit.build import data_key, load_anchor, open_task, read_manifest, save_tensors
+from esta.vit.data import mode_splits
+from esta.vit.evaluate import evaluate
 from esta.sampling import SamplerConfig, StitchSampler
-from esta.stitch import StitchedViT
+from esta.vit.stitch import StitchedViT
 from esta.train import TrainConfig, clear_checkpoints, pick_device, train
 
 log = runtime.start_job(snakemake)
@@ -29,7 +29,7 @@ device = pick_device(p.device)
 
 torch.manual_seed(seed)
 anchor = load_anchor(spec, manifest["num_classes"], inp.get("anchor"))
-model = adapt(StitchedViT([anchor]), AdaptConfig(mode="full"))
+model = make_tunable(StitchedViT([anchor]), TuningConfig(mode="full"))
 cfg = TrainConfig(**p.train, seed=seed, checkpoint_every_s=p.checkpoint_every_s, num_workers=p.num_workers)
 sampler = StitchSampler(1, cfg.total_steps(len(train_set)), SamplerConfig(kind="uniform"), seed=seed)
 inputs = {"anchor": runtime.file_digest(inp.anchor)} if inp.get("anchor") else {}

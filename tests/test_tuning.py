@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from conftest import DEPTH, NUM_CLASSES, expected_path, make_anchors, make_images
 from torch import nn
 
-import esta.adapt
-from esta.adapt import AdaptConfig, adapt
+import esta.vit.tuning
+from esta.vit.tuning import TuningConfig, make_tunable
 from esta.info import trainable_params
-from esta.stitch import StitchedViT, enumerate_stitches
+from esta.vit.stitch import StitchedViT, enumerate_stitches
 
 N_STITCHES = 3 + 2 * (3 * DEPTH - 2)
 # anchors Ti and B, Ti->S (0,0) on layer 0, Ti->S (2,3), S->B (1,0) (k = 0), S->B (3,3) (last)
@@ -30,7 +30,7 @@ def one_backward(model, stitch_id):
 
 @pytest.fixture
 def pst():
-    return adapt(StitchedViT(make_anchors()), AdaptConfig(rank=2))
+    return make_tunable(StitchedViT(make_anchors()), TuningConfig(rank=2))
 
 
 def perturb_lora_b(model, scale=0.05, seed=3):
@@ -75,7 +75,7 @@ def test_pst_trainable_set(pst):
 def test_fresh_lora_and_bias_copies_leave_every_stitch_unchanged(images):
     net = StitchedViT(make_anchors())
     frozen = copy.deepcopy(net).eval()
-    model = adapt(net, AdaptConfig(rank=4)).eval()
+    model = make_tunable(net, TuningConfig(rank=4)).eval()
     for sid, (ref, got) in enumerate(zip(outputs(frozen, images), outputs(model, images))):
         assert torch.equal(ref, got), sid
 
@@ -104,7 +104,7 @@ def test_bias_copies_belong_to_one_stitch_and_lora_is_shared(pst, images):
 
 
 def test_without_stitch_biases_the_shared_linear_biases_train():
-    model = adapt(StitchedViT(make_anchors()), AdaptConfig(rank=2, stitch_biases=False))
+    model = make_tunable(StitchedViT(make_anchors()), TuningConfig(rank=2, stitch_biases=False))
     assert model.biases is None and model.shares_prefix
     net_names = dict(model.net.named_modules())
     linear_biases = {f"net.{n}.bias" for n, m in net_names.items() if isinstance(m, nn.Linear) and m.bias is not None}
@@ -117,7 +117,7 @@ def test_without_stitch_biases_the_shared_linear_biases_train():
 
 
 def test_full_mode_trains_everything():
-    model = adapt(StitchedViT(make_anchors()), AdaptConfig(mode="full"))
+    model = make_tunable(StitchedViT(make_anchors()), TuningConfig(mode="full"))
     names = dict(model.named_parameters())
     assert set(model.trainable()) == set(names)
     assert not any("lora_" in n for n in names)
@@ -133,7 +133,7 @@ def test_full_mode_trains_everything():
 @pytest.mark.parametrize("alpha, scale", [(None, 1.0), (8.0, 4.0)])
 def test_lora_update_is_b_a_x_scaled_by_alpha_over_rank(alpha, scale):
     """alpha = r by default [decision], so the LoRA update is exactly B A x."""
-    model = adapt(StitchedViT(make_anchors(widths=(16, 32))), AdaptConfig(rank=2, alpha=alpha))
+    model = make_tunable(StitchedViT(make_anchors(widths=(16, 32))), TuningConfig(rank=2, alpha=alpha))
     qkv = model.net.anchors[1].blocks[2].attn.qkv
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -163,14 +163,14 @@ def test_pst_param_groups_put_everything_at_lr_even_with_lr_anchor(pst):
 )
 def test_bad_config_raises_naming_the_value(kwargs, named):
     with pytest.raises(ValueError, match=named):
-        AdaptConfig(**kwargs)
+        TuningConfig(**kwargs)
 
 
 def test_lora_target_matching_no_module_raises_naming_it(monkeypatch):
-    monkeypatch.setitem(esta.adapt.LORA_TARGETS, "nothing", r".*\.no_such_module")
+    monkeypatch.setitem(esta.vit.tuning.LORA_TARGETS, "nothing", r".*\.no_such_module")
     net = StitchedViT(make_anchors(widths=(16, 32)))
     with pytest.raises(ValueError, match="no_such_module"):
-        adapt(net, AdaptConfig(targets="nothing"))
+        make_tunable(net, TuningConfig(targets="nothing"))
 
 
 def expected_pst_params(widths=(192, 384, 768), depth=12, classes=100, r=8) -> int:
@@ -199,10 +199,10 @@ def test_paper_trainable_parameter_counts():
 
 
 def test_paper_lora_params_in_the_anchors():
-    from esta.anchors import meta_family
+    from esta.vit.anchors import meta_family
 
     with torch.device("meta"):
-        model = adapt(StitchedViT(meta_family("vit-ti-s-b", 100)), AdaptConfig(rank=8))
+        model = make_tunable(StitchedViT(meta_family("vit-ti-s-b", 100)), TuningConfig(rank=8))
     per_anchor = [
         sum(p.numel() for n, p in model.named_parameters() if n.startswith(f"net.anchors.{a}.") and "lora_" in n)
         for a in range(3)

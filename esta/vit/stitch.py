@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from esta.anchors import check_family
+from esta.vit.anchors import check_family
 
 __all__ = [
     "Stitch",

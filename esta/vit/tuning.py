@@ -21,12 +21,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from esta.stitch import StitchedViT
+from esta.vit.stitch import StitchedViT
 
-__all__ = ["AdaptConfig", "AdaptedModel", "adapt", "LORA_TARGETS"]
+__all__ = ["TuningConfig", "TunableViT", "adapt", "LORA_TARGETS"]
 
 # Self-attention projections of every anchor block, and every stitching layer. A bare "proj" would
 # also match patch_embed.proj (a Conv2d), so the attention modules are matched by their full path.
@@ -38,7 +39,7 @@ _SEP = ":"  # nn.ParameterDict keys may not contain "."
 
 
 @dataclass
-class AdaptConfig:
+class TuningConfig:
     """Which parameters train. ``mode`` is "pst" (ESTA) or "full" (SN-Net)."""
 
     mode: str = "pst"
@@ -50,7 +51,7 @@ class AdaptConfig:
 
     def __post_init__(self):
         if self.mode not in ("pst", "full"):
-            raise ValueError(f"adapt mode must be 'pst' or 'full', got {self.mode!r}")
+            raise ValueError(f"tuning mode must be 'pst' or 'full', got {self.mode!r}")
         if self.rank < 1:
             raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
         if not 0.0 <= self.dropout < 1.0:
@@ -71,10 +72,10 @@ def _linear_biases(net: StitchedViT) -> list[str]:
     ]
 
 
-class AdaptedModel(nn.Module):
+class TunableViT(nn.Module):
     """A ``StitchedViT`` with its trainable set settled: ``model(x, stitch_id)`` -> logits."""
 
-    def __init__(self, net: StitchedViT, cfg: AdaptConfig):
+    def __init__(self, net: StitchedViT, cfg: TuningConfig):
         super().__init__()
         self.cfg = cfg
         self.net = net
@@ -128,7 +129,7 @@ class AdaptedModel(nn.Module):
         """Whether stitches with the same front anchor share the parameters of their prefix."""
         return self.biases is None
 
-    def stitch_biases(self, stitch_id: int) -> dict[str, nn.Parameter]:
+    def biases_for(self, stitch_id: int) -> dict[str, nn.Parameter]:
         """Stitch ``stitch_id``'s own biases keyed by the net parameter they stand in for."""
         self.net.stitch(stitch_id)  # range check
         return {k.replace(_SEP, "."): p for k, p in self.biases[str(stitch_id)].items()}
@@ -136,7 +137,13 @@ class AdaptedModel(nn.Module):
     def forward(self, x: torch.Tensor, stitch_id: int) -> torch.Tensor:
         if self.biases is None:
             return self.net(x, stitch_id)
-        return functional_call(self.net, self.stitch_biases(stitch_id), (x, stitch_id))
+        return functional_call(self.net, self.biases_for(stitch_id), (x, stitch_id))
+
+    def loss(self, batch: tuple[torch.Tensor, ...], stitch_id: int) -> torch.Tensor:
+        """Cross-entropy of stitch ``stitch_id`` on a batch ``(images, labels)``: what the training
+        loop minimises (every family's tunable model answers ``loss``)."""
+        x, y = batch
+        return F.cross_entropy(self(x, stitch_id), y)
 
     def importance_params(self, stitch_id: int) -> list[nn.Parameter]:
         """Θ_s of spec §6: the stitch's own biases plus the LoRA parameters on its path (with shared
@@ -171,11 +178,11 @@ class AdaptedModel(nn.Module):
         return groups
 
 
-def adapt(net: StitchedViT, cfg: AdaptConfig) -> AdaptedModel:
+def make_tunable(net: StitchedViT, cfg: TuningConfig) -> TunableViT:
     """Settle the trainable set of ``net`` in place and wrap it; see the module docstring."""
-    return AdaptedModel(net, cfg)
+    return TunableViT(net, cfg)
 
 
-def count_trainable(model: AdaptedModel) -> int:
+def count_trainable(model: TunableViT) -> int:
     return sum(p.numel() for p in model.trainable().values())
 

@@ -13,10 +13,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from esta.adapt import AdaptConfig, AdaptedModel, adapt
-from esta.anchors import build_anchor, check_family, family
+from esta.vit.tuning import TuningConfig, TunableViT, make_tunable
+from esta.vit.anchors import build_anchor, check_family, family
 from esta.runtime import atomic_path
-from esta.stitch import StitchedViT
+from esta.vit.stitch import StitchedViT
 
 __all__ = [
     "save_tensors",
@@ -29,7 +29,7 @@ __all__ = [
     "write_manifest",
     "read_manifest",
     "data_key",
-    "adapt_config",
+    "tuning_config",
 ]
 
 
@@ -105,16 +105,16 @@ def assemble(
     num_classes: int,
     anchor_files: list[str | Path],
     stitch_file: str | Path | None = None,
-    adapt_cfg: AdaptConfig | None = None,
+    tuning_cfg: TuningConfig | None = None,
     state_file: str | Path | None = None,
     stored_classes: list[int] | None = None,
-) -> AdaptedModel:
+) -> TunableViT:
     """Anchors -> StitchedViT (+ LS-initialised stitching layers) -> trainable set (+ trained state)."""
     net = StitchedViT(load_anchors(family_name, num_classes, anchor_files, stored_classes))
     if stitch_file is not None:
         tensors, _ = load_tensors_file(stitch_file)
         _load_strict(net.stitch_layers, tensors, stitch_file)
-    model = adapt(net, adapt_cfg or AdaptConfig())
+    model = make_tunable(net, tuning_cfg or TuningConfig())
     if state_file is not None:
         tensors, _ = load_tensors_file(state_file)
         trainable = model.trainable()
@@ -144,11 +144,11 @@ def _list_files(task_dir: Path) -> dict:
 
 def write_manifest(path: str | Path, task_dir: str | Path, task: str, num_classes: int | None = None) -> dict:
     """Check a task folder (every split, eagerly) and describe it: root, classes, split sizes, and
-    bytes + sha256 of its list files. Tasks of ``esta.data.TASKS`` are checked by
-    ``esta.data.check_task``; any other name (the upstream set) is a VTAB-layout folder of
+    bytes + sha256 of its list files. Tasks of ``esta.vit.data.TASKS`` are checked by
+    ``esta.vit.data.check_task``; any other name (the upstream set) is a VTAB-layout folder of
     ``num_classes`` classes. Downstream jobs take the manifest as input, so changed data reruns them.
     """
-    from esta.data import TASKS, VtabFolder, check_task, eval_transform
+    from esta.vit.data import TASKS, VtabFolder, check_task, eval_transform
     from esta.runtime import write_json
 
     task_dir = Path(task_dir)
@@ -182,11 +182,11 @@ def data_key(manifest: dict) -> dict:
 
 def open_task(manifest: str | Path | dict, split: str, img_size: int, num_workers: int = 0,
               augment: bool | None = None):
-    """Split ``split`` of the task a manifest describes (``esta.data.open_split``). Splits without
+    """Split ``split`` of the task a manifest describes (``esta.vit.data.open_split``). Splits without
     random augmentation that fit in 1 GiB as float32 are decoded once and come back as tensors."""
     from torch.utils.data import TensorDataset
 
-    from esta.data import TASKS, VtabFolder, augmented, eval_transform, load_tensors, open_split
+    from esta.vit.data import TASKS, VtabFolder, augmented, eval_transform, load_tensors, open_split
 
     m = manifest if isinstance(manifest, dict) else read_manifest(manifest)
     if m["task"] in TASKS:
@@ -203,14 +203,14 @@ def open_task(manifest: str | Path | dict, split: str, img_size: int, num_worker
 # Method settings from the workflow's config slices
 
 
-def adapt_config(method: str, method_cfg: dict) -> AdaptConfig:
+def tuning_config(method: str, method_cfg: dict) -> TuningConfig:
     """ESTA's PST settings from the `esta` slice; SN-Net trains everything."""
     if method == "snnet":
-        return AdaptConfig(mode="full")
+        return TuningConfig(mode="full")
     if method != "esta":
         raise ValueError(f"unknown method {method!r}; expected 'esta' or 'snnet'")
     lora = method_cfg["lora"]
-    return AdaptConfig(
+    return TuningConfig(
         mode="pst",
         rank=lora["rank"],
         alpha=lora["alpha"],
