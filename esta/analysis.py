@@ -7,6 +7,8 @@
   over the LoRA modules both paths use; taken on snapshots of training (``SNAPSHOT_FRACS``) of
   models trained with and without stitch-specific biases.
 - ``stored_params``: what must be stored to deploy a set of stitches of a trained model.
+- ``visit_table``: how often training visited each stitch, against its cost, and whether the
+  stitches that were deployed were trained enough.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from scipy.stats import spearmanr
 from esta.vit.tuning import TunableViT
 
 __all__ = ["SNAPSHOT_FRACS", "snapshot_steps", "importance_vs_accuracy", "lora_gradients",
-           "gradient_cosines", "summarize_cosines", "stored_params", "selection_ablation"]
+           "gradient_cosines", "summarize_cosines", "stored_params", "selection_ablation", "visit_counts",
+           "visit_table"]
 
 # [decision] Points of training at which gradient interference is measured (spec §10: "e.g. 10 %,
 # 50 %, 100 %"): ESTA's training saves its trainable state after these fractions of its steps.
@@ -123,19 +126,40 @@ def summarize_cosines(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return out
 
 
-def selection_ablation(stitches: pd.DataFrame, importance_deployed: pd.DataFrame, selection: pd.DataFrame,
+def selection_ablation(stitches: pd.DataFrame, deployments: dict[str, pd.DataFrame], selection: pd.DataFrame,
                        test: pd.DataFrame, k: int) -> pd.DataFrame:
-    """One trained ESTA model, two deployments (spec §9, `selection` ablation): the stitches ESTA
-    deployed from training-time importance (one stage) and those an evaluate-all pass would deploy
-    (best selection-split accuracy per interval). Returns both as tidy deployed rows
-    (``selection``, stitch_id, interval, reason, test_accuracy + the stitch table's columns)."""
-    from esta.sampling import select_deployed
+    """One trained ESTA model, several deployments (spec §9, `selection` ablation): the one-stage
+    deployments from importance given in ``deployments`` (e.g. as training left it, and refreshed
+    on a fixed batch) and the one an evaluate-all pass would make (best selection-split accuracy
+    per interval). Returns them as tidy deployed rows (``selection``, stitch_id, interval, reason,
+    test_accuracy + the stitch table's columns)."""
+    from esta.pareto import select_deployed
 
     sel = selection.set_index("stitch_id").loc[stitches["stitch_id"], "selection_accuracy"].to_numpy()
-    by_accuracy = select_deployed(stitches, sel, k)
+    deployments = dict(deployments, **{"evaluate-all": select_deployed(stitches, sel, k)})
     test_acc = test.set_index("stitch_id")["test_accuracy"]
     out = []
-    for name, d in (("importance", importance_deployed), ("evaluate-all", by_accuracy)):
+    for name, d in deployments.items():
         d = d[["stitch_id", "interval", "reason"]].merge(stitches, on="stitch_id")
         out.append(d.assign(selection=name, test_accuracy=d["stitch_id"].map(test_acc).to_numpy()))
     return pd.concat(out, ignore_index=True)
+
+
+def visit_counts(history: pd.DataFrame, n_stitches: int) -> pd.Series:
+    """Training steps spent on each stitch 0..n_stitches-1, from a run's per-step history."""
+    return history["stitch_id"].value_counts().reindex(range(n_stitches), fill_value=0).rename("visits")
+
+
+def visit_table(runs: pd.DataFrame, stitches: pd.DataFrame) -> pd.DataFrame:
+    """Per method and stitch: visits over runs (mean, min), how many runs deployed it, and the
+    fewest visits it had in a run that deployed it (NaN if never deployed).
+
+    ``runs`` has one row per (method, task, seed, stitch_id) with ``visits`` and ``deployed`` (bool);
+    ``stitches`` gives ``stitch_id, gmacs, front, end``."""
+    g = runs.groupby(["method", "stitch_id"])
+    out = g.agg(visits=("visits", "mean"), visits_min=("visits", "min"), runs=("visits", "size"),
+                deployed_runs=("deployed", "sum")).reset_index()
+    dep = runs[runs["deployed"]].groupby(["method", "stitch_id"])["visits"].min().rename("deployed_visits_min")
+    out = out.join(dep, on=["method", "stitch_id"])
+    cost = stitches[["stitch_id", "gmacs"]].assign(anchor=stitches["front"] == stitches["end"])
+    return out.merge(cost, on="stitch_id").sort_values(["method", "gmacs"]).reset_index(drop=True)

@@ -5,30 +5,35 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from esta.vit.tuning import TuningConfig, make_tunable, count_trainable
-from esta.vit.anchors import build_family, family
+from esta.vit.anchors import family, meta_family
 from esta.vit.stitch import StitchedViT, stitch_costs
+from esta.vit.tuning import TunableViT, TuningConfig, count_trainable, make_tunable
 
-__all__ = ["stitch_table", "family_info"]
+__all__ = ["meta_stitched", "stitch_table", "trainable_params", "family_info"]
 
 COLUMNS = ["stitch_id", "name", "front", "end", "j", "k", "layer", "depth", "gmacs", "macs", "macs_nohead", "params"]
 
 
+def meta_stitched(
+    family_name: str, num_classes: int, tuning: TuningConfig | None = None
+) -> StitchedViT | TunableViT:
+    """The stitched family on the meta device (shapes only: counts in milliseconds, no memory),
+    with its trainable set settled by ``tuning`` when given (LoRA and stitch biases on meta too)."""
+    with torch.device("meta"):
+        net = StitchedViT(meta_family(family_name, num_classes))
+        return net if tuning is None else make_tunable(net, tuning)
+
+
 def stitch_table(family_name: str, num_classes: int) -> pd.DataFrame:
     """Every stitch of a family with MACs (with and without head) and parameters."""
-    specs = family(family_name)
-    with torch.device("meta"):
-        anchors = build_family(family_name, num_classes)
-    return stitch_costs(anchors, [s.name for s in specs])[COLUMNS]
+    anchors = list(meta_stitched(family_name, num_classes).anchors)
+    return stitch_costs(anchors, [s.name for s in family(family_name)])[COLUMNS]
 
 
 def trainable_params(family_name: str, num_classes: int, rank: int = 8) -> dict[str, int]:
     """Exact trainable parameter counts of PST (ESTA) and full fine-tuning (SN-Net)."""
-    out = {}
-    for method, cfg in (("esta", TuningConfig(rank=rank)), ("snnet", TuningConfig(mode="full"))):
-        with torch.device("meta"):
-            out[method] = count_trainable(make_tunable(StitchedViT(build_family(family_name, num_classes)), cfg))
-    return out
+    cfgs = dict(esta=TuningConfig(rank=rank), snnet=TuningConfig(mode="full"))
+    return {method: count_trainable(meta_stitched(family_name, num_classes, cfg)) for method, cfg in cfgs.items()}
 
 
 def family_info(family_name: str, num_classes: int, rank: int = 8) -> dict:

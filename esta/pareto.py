@@ -1,7 +1,8 @@
-"""FLOPs intervals, Pareto fronts and suite averages for deployed stitches (ESTA §4, Fig. 1; spec §6, §9).
+"""FLOPs intervals, deployment, Pareto fronts and suite averages (ESTA §4, Fig. 1; spec §6, §7, §9).
 
 Both methods deploy one stitch per FLOPs interval: the range of all stitches' MACs (head excluded)
-is split into K equal intervals. A suite-average curve takes, for interval i, the mean over tasks of
+is split into K equal intervals (``select_deployed``: ESTA by training-time importance, SN-Net by
+selection-split accuracy). A suite-average curve takes, for interval i, the mean over tasks of
 the accuracy of the stitch deployed in interval i, placed at the mean of their MACs.
 """
 
@@ -10,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["interval_edges", "assign_intervals", "pareto_front", "suite_average", "deployed_curves",
-           "accuracy_by_task", "accuracy_by_group", "mean_std"]
+__all__ = ["interval_edges", "assign_intervals", "deployment_slots", "select_deployed", "pareto_front", "suite_average",
+           "deployed_curves", "accuracy_by_task", "accuracy_by_group", "mean_std"]
 
 
 def interval_edges(macs: np.ndarray | pd.Series, k: int) -> np.ndarray:
@@ -27,6 +28,44 @@ def assign_intervals(macs: np.ndarray | pd.Series, k: int) -> np.ndarray:
     macs = np.asarray(macs, dtype=float)
     edges = interval_edges(macs, k)
     return np.clip(np.searchsorted(edges, macs, side="right") - 1, 0, k - 1)
+
+
+def deployment_slots(table: pd.DataFrame, k: int, cost: str = "macs_nohead") -> np.ndarray:
+    """The deployment slot of every stitch, the groups of the `grouped` sampler: its FLOPs interval
+    0..K-1, except that each anchor, always deployed as a point of its own, is a slot of its own
+    (K + front). Without this an anchor competes inside its interval and can be starved (the Ti
+    anchor, the only stitch that trains Ti's head, got 3-5 of 400 steps on the embedded default)."""
+    slots = assign_intervals(table[cost], k)
+    anchors = (table["front"] == table["end"]).to_numpy()
+    slots[anchors] = k + table["front"].to_numpy()[anchors]
+    return slots
+
+
+def select_deployed(
+    table: pd.DataFrame,
+    score: pd.Series | np.ndarray,
+    k: int,
+    eligible: pd.Series | np.ndarray | None = None,
+    cost: str = "macs_nohead",
+) -> pd.DataFrame:
+    """Deploy, per FLOPs interval, the eligible stitch of highest ``score``; always the anchors.
+
+    ``table`` is the stitch table (``stitch_id``, ``front``, ``end``, ``macs_nohead`` at least).
+    ESTA passes importance with ``eligible = visits >= min_visits`` (one stage); SN-Net and the
+    evaluate-all ablation pass selection-split accuracy with every stitch eligible. Returns one row
+    per deployed stitch: stitch_id, interval, score, reason ("interval" or "anchor"), sorted by MACs.
+    ``cost`` is the column the intervals split (Stitched LLaMA: ``params``, spec §11).
+    """
+    t = table.reset_index(drop=True).copy()
+    t["score"] = np.asarray(score, dtype=float)
+    t["eligible"] = True if eligible is None else np.asarray(eligible, dtype=bool)
+    t["interval"] = assign_intervals(t[cost], k)
+    cand = t[t["eligible"] & t["score"].notna()]
+    best = cand.loc[cand.groupby("interval")["score"].idxmax()].assign(reason="interval")
+    anchors = t[(t["front"] == t["end"]) & ~t["stitch_id"].isin(best["stitch_id"])]
+    out = pd.concat([best, anchors.assign(reason="anchor")])
+    cols = ["stitch_id", "interval", "score", "reason", cost]
+    return out[cols].sort_values(cost).reset_index(drop=True)
 
 
 def pareto_front(df: pd.DataFrame, x: str = "gmacs", y: str = "accuracy") -> pd.DataFrame:

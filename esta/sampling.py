@@ -1,13 +1,14 @@
-"""Stitch importance, sampling and one-stage deployment (ESTA §3.2-3.3; spec §6) and SN-Net's
-evaluate-all selection (spec §7).
+"""Stitch importance and sampling (ESTA §3.2-3.3; spec §6), the statistics one-stage deployment
+selects from.
 
 Importance of the stitch sampled at a step is a SNIP-style connection sensitivity over its trainable
 parameters Θ_s: ``Q(s) = mean_θ |θ · ∂L/∂θ|`` [decision: mean, not sum]. A bias-corrected moving
 average keeps a global statistic per stitch: ``m_s <- β m_s + (1-β) Q(s)``, ``I_s = m_s / (1-β^n_s)``.
 After a uniform warm-up, stitches are drawn with
 ``p = (1-ε) softmax(log(I / mean I) / τ) + ε / S`` over visited stitches (unvisited ones get ε/S).
-Deployment picks, in each of K equal FLOPs intervals, the stitch of highest I_s among those visited
-at least ``min_visits`` times; anchors are always deployed. No evaluation pass is needed.
+Deployment from these statistics (``esta.pareto.select_deployed``) picks, in each of K equal FLOPs
+intervals, the stitch of highest I_s among those visited at least ``min_visits`` times; anchors are
+always deployed. No evaluation pass is needed.
 """
 
 from __future__ import annotations
@@ -18,20 +19,23 @@ import numpy as np
 import pandas as pd
 import torch
 
-from esta.pareto import assign_intervals
-
 __all__ = [
     "SamplerConfig",
     "StitchSampler",
     "snip_importance",
-    "select_deployed",
     "refresh_importance",
 ]
 
 
+KINDS = ("importance", "uniform", "grouped")
+
+
 @dataclass
 class SamplerConfig:
-    """How stitches are drawn. ``kind`` is "importance" (ESTA) or "uniform" (SN-Net, ablation)."""
+    """How stitches are drawn. ``kind`` is "importance" (ESTA's global importance sampling),
+    "uniform" (SN-Net) or "grouped" [decision to measure]: a deployment interval is drawn
+    uniformly, then a stitch inside it by the same importance formula restricted to the interval
+    (SN-Netv2's FLOPs-grouped sampling combined with ESTA's importance)."""
 
     kind: str = "importance"
     beta: float = 0.9
@@ -40,8 +44,8 @@ class SamplerConfig:
     eps: float = 0.1
 
     def __post_init__(self):
-        if self.kind not in ("importance", "uniform"):
-            raise ValueError(f"sampler kind must be 'importance' or 'uniform', got {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"sampler kind must be one of {KINDS}, got {self.kind!r}")
         if not 0.0 <= self.beta < 1.0:
             raise ValueError(f"sampler beta must be in [0, 1), got {self.beta}")
         if not 0.0 <= self.warmup_frac <= 1.0:
@@ -56,30 +60,46 @@ class SamplerConfig:
 
 
 @torch.no_grad()
-def snip_importance(params: list[torch.Tensor]) -> float:
-    """``mean over every scalar θ in params of |θ · ∂L/∂θ|``; a missing gradient counts as zero."""
-    total = 0.0
-    count = 0
-    for p in params:
-        count += p.numel()
-        if p.grad is not None:
-            total += (p.detach() * p.grad).abs().sum().item()
+def snip_importance(params: list[torch.Tensor]) -> torch.Tensor:
+    """``mean over every scalar θ in params of |θ · ∂L/∂θ|``; a missing gradient counts as zero.
+
+    A 0-dim float64 tensor on the parameters' device (NaN on the CPU for no parameters), computed
+    without a host sync: the per-tensor sums are reduced on the device (``torch._foreach_*``: a few
+    fused kernels for the ~100 tensors of a ViT-S->B stitch), then added in float64.
+    """
+    count = sum(p.numel() for p in params)
     if count == 0:
-        return float("nan")
-    return total / count
+        return torch.tensor(float("nan"), dtype=torch.float64)
+    have = [p for p in params if p.grad is not None]
+    if not have:
+        return torch.zeros((), dtype=torch.float64, device=params[0].device)
+    products = torch._foreach_mul([p.detach() for p in have], [p.grad for p in have])
+    sums = torch._foreach_norm(products, 1)  # per tensor: sum of |θ·g|
+    return torch.stack(sums).double().sum() / count
 
 
 class StitchSampler:
     """Per-stitch statistics and the draw of the next stitch, with its own seeded generator."""
 
-    def __init__(self, n_stitches: int, total_steps: int, cfg: SamplerConfig, seed: int = 0):
+    def __init__(self, n_stitches: int, total_steps: int, cfg: SamplerConfig, seed: int = 0,
+                 groups=None):
+        """``groups``: the deployment interval of every stitch (``esta.pareto.assign_intervals``
+        of the stitch table's ``macs_nohead``); required by, and only used by, kind "grouped"."""
         if n_stitches < 1:
             raise ValueError(f"need at least one stitch, got {n_stitches}")
+        if cfg.kind == "grouped":
+            if groups is None:
+                raise ValueError("sampler kind 'grouped' needs the deployment interval of every stitch (groups=)")
+            groups = torch.as_tensor(np.asarray(groups), dtype=torch.long)
+            if groups.shape != (n_stitches,):
+                raise ValueError(f"groups must give one interval per stitch ({n_stitches}), got shape {tuple(groups.shape)}")
+        self.groups = groups if cfg.kind == "grouped" else None
         self.cfg = cfg
         self.n = n_stitches
         self.total_steps = total_steps
         self.warmup_steps = int(round(cfg.warmup_frac * total_steps))
-        self.m = torch.zeros(n_stitches, dtype=torch.float64)
+        self._m = torch.zeros(n_stitches, dtype=torch.float64)
+        self._pending: list[tuple[int, torch.Tensor]] = []  # device importances not yet in m
         self.visits = torch.zeros(n_stitches, dtype=torch.long)
         self.last_step = torch.full((n_stitches,), -1, dtype=torch.long)
         self.generator = torch.Generator().manual_seed(seed)
@@ -93,8 +113,23 @@ class StitchSampler:
 
     def probs(self, step: int) -> torch.Tensor:
         """Sampling distribution at ``step``."""
-        uniform = torch.full((self.n,), 1.0 / self.n, dtype=torch.float64)
-        visited = self.visits > 0
+        everyone = torch.ones(self.n, dtype=torch.bool)
+        if self.groups is None:
+            return self._pool_probs(everyone, step)
+        # grouped: every interval that holds a stitch gets the same share of the draws
+        intervals = torch.unique(self.groups)
+        p = torch.zeros(self.n, dtype=torch.float64)
+        for g in intervals:
+            p += self._pool_probs(self.groups == g, step)
+        return p / len(intervals)
+
+    def _pool_probs(self, pool: torch.Tensor, step: int) -> torch.Tensor:
+        """The draw restricted to the stitches in ``pool`` (a mask): uniform in the warm-up or for
+        kind "uniform", else ``(1-ε) softmax(log(I / mean I) / τ) + ε / |pool|`` over the visited
+        stitches of the pool (unvisited ones get the ε share only). Zero outside the pool."""
+        size = int(pool.sum())
+        uniform = pool.double() / size
+        visited = (self.visits > 0) & pool
         if self.cfg.kind == "uniform" or step < self.warmup_steps or not visited.any():
             return uniform
         imp = self.importance()[visited]
@@ -108,12 +143,38 @@ class StitchSampler:
     def sample(self, step: int) -> int:
         return int(torch.multinomial(self.probs(step), 1, generator=self.generator).item())
 
-    def update(self, stitch_id: int, q: float, step: int) -> None:
-        """Record a visit of ``stitch_id`` at ``step`` with importance ``q`` (NaN: visit only)."""
+    @property
+    def m(self) -> torch.Tensor:
+        """Moving averages m_s (float64, CPU), with every recorded importance applied in order."""
+        self._flush()
+        return self._m
+
+    def _flush(self) -> None:
+        if self._pending:
+            sids, qs = zip(*self._pending)
+            self._pending = []
+            # one host copy for all importances recorded since the last read
+            for sid, q in zip(sids, torch.stack(qs).double().cpu().tolist()):
+                self._average(sid, q)
+
+    def _average(self, stitch_id: int, q: float) -> None:
+        if q == q:  # not NaN
+            self._m[stitch_id] = self.cfg.beta * self._m[stitch_id] + (1.0 - self.cfg.beta) * q
+
+    def update(self, stitch_id: int, q: float | torch.Tensor, step: int) -> None:
+        """Record a visit of ``stitch_id`` at ``step`` with importance ``q`` (NaN: visit only).
+
+        A tensor ``q`` (``snip_importance``'s, on the training device) is kept as it is and moved
+        into ``m`` when ``m`` is next read: during a uniform phase the training loop never waits for
+        the device; after it, the draw of the next stitch reads ``m`` once per step.
+        """
         self.visits[stitch_id] += 1
         self.last_step[stitch_id] = step
-        if q == q:  # not NaN
-            self.m[stitch_id] = self.cfg.beta * self.m[stitch_id] + (1.0 - self.cfg.beta) * q
+        if isinstance(q, torch.Tensor):
+            self._pending.append((stitch_id, q.detach().reshape(())))
+        else:
+            self._flush()  # earlier pending values first: the average is order dependent
+            self._average(stitch_id, q)
 
     def stats(self) -> pd.DataFrame:
         """One row per stitch: visits, last_step, importance."""
@@ -135,43 +196,19 @@ class StitchSampler:
         )
 
     def load_state_dict(self, state: dict) -> None:
-        self.m.copy_(state["m"])
+        self._pending = []
+        self._m.copy_(state["m"])
         self.visits.copy_(state["visits"])
         self.last_step.copy_(state["last_step"])
         self.generator.set_state(state["generator"])
 
 
-def select_deployed(
-    table: pd.DataFrame,
-    score: pd.Series | np.ndarray,
-    k: int,
-    eligible: pd.Series | np.ndarray | None = None,
-) -> pd.DataFrame:
-    """Deploy, per FLOPs interval, the eligible stitch of highest ``score``; always the anchors.
-
-    ``table`` is the stitch table (``stitch_id``, ``front``, ``end``, ``macs_nohead`` at least).
-    ESTA passes importance with ``eligible = visits >= min_visits`` (one stage); SN-Net and the
-    evaluate-all ablation pass selection-split accuracy with every stitch eligible. Returns one row
-    per deployed stitch: stitch_id, interval, score, reason ("interval" or "anchor"), sorted by MACs.
-    """
-    t = table.reset_index(drop=True).copy()
-    t["score"] = np.asarray(score, dtype=float)
-    t["eligible"] = True if eligible is None else np.asarray(eligible, dtype=bool)
-    t["interval"] = assign_intervals(t["macs_nohead"], k)
-    cand = t[t["eligible"] & t["score"].notna()]
-    best = cand.loc[cand.groupby("interval")["score"].idxmax()].assign(reason="interval")
-    anchors = t[(t["front"] == t["end"]) & ~t["stitch_id"].isin(best["stitch_id"])]
-    out = pd.concat([best, anchors.assign(reason="anchor")])
-    cols = ["stitch_id", "interval", "score", "reason", "macs_nohead"]
-    return out[cols].sort_values("macs_nohead").reset_index(drop=True)
-
-
 def refresh_importance(model, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     """Q(s) of every stitch on one fixed batch (the optional ``importance_refresh`` of spec §6)."""
-    out = np.zeros(model.net.num_stitches)
+    out = []
     for sid in range(model.net.num_stitches):
         model.zero_grad(set_to_none=True)
         model.loss((x, y), sid).backward()
-        out[sid] = snip_importance(model.importance_params(sid))
+        out.append(snip_importance(model.importance_params(sid)))
     model.zero_grad(set_to_none=True)
-    return out
+    return torch.stack(out).cpu().numpy()

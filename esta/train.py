@@ -7,7 +7,15 @@ differ only in the model's trainable set (``esta.vit.tuning``) and the sampler (
 Training is resumable: trainable parameters, optimizer, sampler and RNG state are saved every
 ``checkpoint_every_s`` seconds and at the end to ``<ckpt_dir>/<settings hash>.pt`` (only the latest
 is kept, written atomically), and a run resumes from it only when the hash of its settings matches.
-The data order of every epoch is a function of (seed, epoch), so a resumed run replays exactly.
+The data order of every epoch is a function of (seed, epoch), and the random augmentation of every
+sample a function of (seed, epoch, sample index): each item is fetched under torch's RNG seeded from
+that triple, in the main process or a worker alike, so a run resumed mid-epoch (with any
+``num_workers``) replays the same crops and flips. Elapsed time is stored in the checkpoint, so a
+resumed run reports the time of all its segments.
+
+Per-step losses and importances stay on the device and are copied to the host at checkpoints and at
+the end: the loop itself synchronises with the device at most once per step (the importance
+sampler's draw, which needs the moving average of the previous step).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
@@ -27,7 +36,7 @@ from tqdm.auto import tqdm
 from esta.sampling import StitchSampler, snip_importance
 
 __all__ = ["TrainConfig", "TrainResult", "train", "settings_hash", "pick_device", "iterate_batches",
-           "clear_checkpoints"]
+           "item_seed", "SeededItems", "clear_checkpoints"]
 
 
 @dataclass
@@ -43,6 +52,10 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every_s: float = 600.0
     num_workers: int = 0
+    # timm's default: 1-D parameters (biases, LayerNorm, PST's stitch biases) and pos_embed/cls_token
+    # get no weight decay; True decays them too.
+    decay_1d: bool = False
+    grad_checkpointing: bool = False  # recompute blocks in backward: less activation memory, ~1 extra forward
 
     def __post_init__(self):
         if self.epochs <= 0:
@@ -67,7 +80,8 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # one row per step
     steps: int = 0
     resumed_from: int = 0  # step the run resumed at (0: fresh start)
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # training time of every segment of the run (a resumed run adds its own)
+    wall_s_segment: float = 0.0  # of this call only
     snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # step -> trainable state
 
 
@@ -95,13 +109,48 @@ def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[
     return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def iterate_batches(data: Dataset, batches: list[list[int]], num_workers: int, pin: bool):
-    """Batches in the given order; in-memory tensors are indexed directly (no per-sample collate)."""
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """Seed of torch's RNG while sample ``index`` of ``epoch`` is fetched (and augmented)."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class SeededItems(Dataset):
+    """``data`` whose item ``(i, s)`` is ``data[i]`` fetched under torch's RNG seeded with ``s``.
+
+    Random transforms (torchvision's draw from torch's RNG) then depend on the sample and its seed
+    only, not on which worker fetches it or on what was fetched before: the property that makes a
+    resume inside an epoch exact. The caller's RNG state is left as it was (``fork_rng``).
+    """
+
+    def __init__(self, data: Dataset):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.data[index]
+
+
+def iterate_batches(data: Dataset, batches: list[list[int]], num_workers: int, pin: bool,
+                    seed: int = 0, epoch: int = 0):
+    """Batches in the given order; in-memory tensors are indexed directly (no per-sample collate).
+
+    Any other data set is read through a DataLoader with each sample fetched under the RNG seed
+    ``item_seed(seed, epoch, index)`` (``SeededItems``). The loader gets its own generator, so
+    creating it does not draw from the global RNG (a resumed run creates it at another step).
+    """
     if isinstance(data, TensorDataset):
         for idx in batches:
             yield tuple(t[idx] for t in data.tensors)
     else:
-        yield from DataLoader(data, batch_sampler=batches, num_workers=num_workers, pin_memory=pin)
+        keyed = [[(i, item_seed(seed, epoch, i)) for i in idx] for idx in batches]
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        yield from DataLoader(SeededItems(data), batch_sampler=keyed, num_workers=num_workers, pin_memory=pin,
+                              generator=g)
 
 
 def _lr_lambda(total: int, warmup: int):
@@ -157,13 +206,17 @@ def train(
     """
     device = torch.device(device)
     model.to(device).train()
+    if cfg.grad_checkpointing:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise ValueError(f"train.grad_checkpointing is on, but {type(model).__name__} has no set_grad_checkpointing")
+        model.set_grad_checkpointing(True)
     n = len(data)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.total_steps(n)
     if sampler.total_steps != total:
         raise ValueError(f"sampler was built for {sampler.total_steps} steps, training runs {total}")
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    opt = torch.optim.AdamW(model.param_groups(cfg.lr, cfg.lr_anchor, cfg.weight_decay))
+    opt = torch.optim.AdamW(model.param_groups(cfg.lr, cfg.lr_anchor, cfg.weight_decay, decay_1d=cfg.decay_1d))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, warmup))
     trainable = model.trainable()
     result = TrainResult(steps=total)
@@ -172,6 +225,7 @@ def train(
     if ckpt_dir is not None:
         ckpt = Path(ckpt_dir) / f"{settings_hash(dict(settings or {}, train=cfg.to_dict()))}.pt"
     start = 0
+    elapsed_before = 0.0  # training time of the earlier segments of a resumed run
     if ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         with torch.no_grad():
@@ -184,10 +238,26 @@ def train(
         result.history = state["history"]
         result.snapshots = state.get("snapshots", {})
         start = result.resumed_from = state["step"]
+        elapsed_before = float(state["elapsed_s"])
+
+    # Losses and importances of the steps since the last flush, still on the device: one copy to
+    # the host per flush instead of a sync per step.
+    pending: list[tuple[dict, torch.Tensor, torch.Tensor | None]] = []
+
+    def flush_history() -> None:
+        if not pending:
+            return
+        losses = torch.stack([loss for _, loss, _ in pending]).tolist()
+        qs = [q for _, _, q in pending if q is not None]
+        qs = iter(torch.stack(qs).tolist() if qs else [])
+        for (row, _, q), loss in zip(pending, losses):
+            row.update(loss=loss, importance=next(qs) if q is not None else float("nan"))
+        pending.clear()
 
     def checkpoint(step: int) -> None:
-        if ckpt is None:
+        if ckpt is None or getattr(model, "rank", 0) != 0:  # data parallel: rank 0 writes for all
             return
+        flush_history()
         _save(
             ckpt,
             dict(
@@ -199,6 +269,7 @@ def train(
                 rng=torch.get_rng_state(),
                 history=result.history,
                 snapshots=result.snapshots,
+                elapsed_s=elapsed_before + time.monotonic() - t0,
             ),
         )
 
@@ -210,7 +281,7 @@ def train(
     epoch = start // steps_per_epoch
     while step < total:
         batches = _epoch_batches(n, cfg.batch_size, cfg.seed, epoch)[step - epoch * steps_per_epoch :]
-        for batch in iterate_batches(data, batches, cfg.num_workers, pin=use_amp):
+        for batch in iterate_batches(data, batches, cfg.num_workers, pin=use_amp, seed=cfg.seed, epoch=epoch):
             if step >= total or (stop_after is not None and step >= stop_after):
                 break
             batch = tuple(t.to(device, non_blocking=True) for t in batch)
@@ -219,12 +290,17 @@ def train(
                 loss = model.loss(batch, sid)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            q = snip_importance(model.importance_params(sid))
-            sampler.update(sid, q, step)
+            if hasattr(model, "reduce_grads"):  # data parallel: average the stitch's grads over ranks first
+                model.reduce_grads(sid)
+            theta = model.importance_params(sid)
+            q = snip_importance(theta) if theta else None  # a 0-dim tensor on the device, not synced
+            sampler.update(sid, float("nan") if q is None else q, step)
             lr = opt.param_groups[0]["lr"]
             opt.step()
             sched.step()
-            result.history.append(dict(step=step, stitch_id=sid, loss=loss.item(), importance=q, lr=lr))
+            row = dict(step=step, stitch_id=sid, loss=None, importance=None, lr=lr)
+            result.history.append(row)
+            pending.append((row, loss.detach(), q))
             step += 1
             if step in snapshot_at:
                 result.snapshots[step] = {k: v.detach().cpu().clone() for k, v in trainable.items()}
@@ -238,5 +314,7 @@ def train(
         break  # stop_after reached
     bar.close()
     checkpoint(step)
-    result.wall_s = time.monotonic() - t0
+    flush_history()
+    result.wall_s_segment = time.monotonic() - t0
+    result.wall_s = elapsed_before + result.wall_s_segment
     return result

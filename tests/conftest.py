@@ -52,6 +52,21 @@ def make_anchors(widths=WIDTHS, depth=DEPTH, num_classes=NUM_CLASSES, seed=0) ->
     return anchors
 
 
+def trained_like(mode: str, seed: int = 3):
+    """A tunable model of the tiny family whose trainable parameters are perturbed as after some
+    training: stitch biases differ from the shared ones and LoRA B is non-zero (train mode)."""
+    from esta.vit.stitch import StitchedViT
+    from esta.vit.tuning import TuningConfig, make_tunable
+
+    torch.manual_seed(0)
+    model = make_tunable(StitchedViT(make_anchors()), TuningConfig(mode=mode, rank=2))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.trainable().values():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return model.train()
+
+
 def make_images(n: int, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, 3, IMG, IMG, generator=torch.Generator().manual_seed(seed))
 

@@ -170,7 +170,10 @@ def test_selection_ablation_deploys_by_accuracy_and_reports_test_accuracy():
     importance = pd.DataFrame(dict(stitch_id=[0, 3, 1], interval=[0, 0, 1], reason=["anchor", "interval", "anchor"]))
     sel = pd.DataFrame(dict(stitch_id=[0, 1, 2, 3], selection_accuracy=[0.1, 0.9, 0.5, 0.4]))
     test = pd.DataFrame(dict(stitch_id=[0, 1, 2, 3], test_accuracy=[0.2, 0.8, 0.6, 0.3]))
-    out = selection_ablation(stitches, importance, sel, test, k=2)
+    refreshed = pd.DataFrame(dict(stitch_id=[0, 2, 1], interval=[0, 0, 1], reason=["anchor", "interval", "anchor"]))
+    out = selection_ablation(stitches, {"importance": importance, "refreshed": refreshed}, sel, test, k=2)
+    assert list(dict.fromkeys(out["selection"])) == ["importance", "refreshed", "evaluate-all"]
+    assert out.loc[out["selection"] == "refreshed", "test_accuracy"].tolist() == [0.2, 0.6, 0.8]
     imp = out[out["selection"] == "importance"].set_index("stitch_id")
     ev = out[out["selection"] == "evaluate-all"].set_index("stitch_id")
     assert sorted(imp.index) == [0, 1, 3] and imp.loc[3, "test_accuracy"] == 0.3
@@ -213,3 +216,22 @@ def test_snapshots_survive_an_interrupted_run(tmp_path):
     for step in (1, 3, 6):
         for k, v in whole.snapshots[step].items():
             torch.testing.assert_close(resumed.snapshots[step][k], v, rtol=0, atol=0)
+
+
+def test_visit_table_counts_visits_and_the_fewest_visits_of_a_deployed_stitch():
+    from esta.analysis import visit_counts, visit_table
+
+    hist = pd.DataFrame(dict(stitch_id=[0, 2, 2, 3, 2, 0]))
+    assert visit_counts(hist, 4).tolist() == [2, 0, 3, 1]
+    runs = pd.DataFrame(dict(method="esta", task=["a"] * 4 + ["b"] * 4, seed=0, stitch_id=[0, 1, 2, 3] * 2,
+                             visits=[2, 0, 3, 1, 6, 4, 1, 5],
+                             deployed=[True, False, True, False, True, True, False, False]))
+    stitches = pd.DataFrame(dict(stitch_id=[0, 1, 2, 3], gmacs=[1.0, 4.0, 2.0, 3.0], front=[0, 1, 0, 0],
+                                 end=[0, 1, 1, 1]))
+    t = visit_table(runs, stitches).set_index("stitch_id")
+    assert t.index.tolist() == [0, 2, 3, 1]  # sorted by cost
+    assert t.loc[0, "visits"] == 4.0 and t.loc[0, "visits_min"] == 2
+    assert t.loc[0, "deployed_runs"] == 2 and t.loc[0, "deployed_visits_min"] == 2
+    assert t.loc[1, "deployed_visits_min"] == 4  # deployed only where it had 4 visits
+    assert pd.isna(t.loc[3, "deployed_visits_min"])
+    assert t["anchor"].tolist() == [True, False, False, True]

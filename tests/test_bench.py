@@ -1,5 +1,5 @@
-"""bench/run.py: the quick run writes one well-formed row per benchmark, and its correctness checks
-really ran and really fail on mismatching outputs."""
+"""bench/run.py (and the benchmark modules beside it): the quick run writes one well-formed row per
+benchmark, and its correctness checks really ran and really fail on mismatching outputs."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ BENCHMARKS = [
     "all_stitches_prefix_time",
     "stitch_flops_table_time",
     "train_mfu_cpu",
+    "pst_ckpt_vs_plain_memory",
+    "pst_vs_full_memory_ckpt",
+    "pst_ckpt_vs_plain_step_flops",
+    "pst_ckpt_vs_plain_step_time",
 ]
 CHECKS = ["anchor_ids_equal_timm", "stitch_equals_parts", "prefix_predictions_equal"]
 
@@ -83,3 +87,7 @@ def test_quick_run_writes_results(tmp_path):
     values = {r["benchmark"]: float(r["value"]) for r in rows}
     assert values["all_stitches_prefix_flops"] == pytest.approx(0.798, abs=0.005)
     assert 0.6 <= values["pst_vs_full_step_flops"] < 0.75
+    # Byte counts do not either: checkpointing keeps only block inputs (params dominate at batch 2).
+    assert values["pst_ckpt_vs_plain_memory"] == pytest.approx(0.84, abs=0.01)
+    assert values["pst_vs_full_memory_ckpt"] < 0.5
+    assert values["pst_ckpt_vs_plain_step_flops"] == pytest.approx(1.33, abs=0.01)  # one more forward

@@ -222,6 +222,7 @@ def rerun_and_compare(killed: Killed, smoke: Path) -> dict:
     ref = smoke / "esta" / "default" / TASK / "seed0" / "tuning"
     for name in ("importance.csv", "train_log.csv"):
         pd.testing.assert_frame_equal(pd.read_csv(work / RUN / name), pd.read_csv(ref / name), check_exact=True)
+    assert info["wall_s"] > info["wall_s_segment"] > 0  # the time before the kill is counted too
     return info
 
 
@@ -492,9 +493,10 @@ def test_matching_weight_file_registers(tmp_path):
     (path,) = write_vit_weights(tmp_path, names=("vit_tiny_patch16_224",))  # 21843 classes by default
     assert path.name == yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())["anchors"]["weights"][0]
     spec = family(family_at("vit-ti-s-b", 32))[0]
-    anchor = build_anchor(spec, spec.pretrained_classes, path)
+    anchor = build_anchor(spec, spec.pretrained_classes, path, keep_head=True)
     stored = load_file(str(path))
     assert anchor.head.weight.shape == stored["head.weight"].shape == (21843, 192)
+    assert torch.equal(anchor.head.weight, stored["head.weight"])
     assert torch.equal(anchor.blocks[0].attn.qkv.weight, stored["blocks.0.attn.qkv.weight"])
 
 

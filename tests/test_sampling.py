@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 import torch
 from scipy.stats import chisquare
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from esta.pareto import assign_intervals, interval_edges, pareto_front
-from esta.sampling import SamplerConfig, StitchSampler, select_deployed, snip_importance
+from esta.pareto import assign_intervals, interval_edges, pareto_front, select_deployed
+from esta.sampling import SamplerConfig, StitchSampler, snip_importance
 
 
 def test_snip_importance_is_the_mean_abs_theta_times_grad():
@@ -23,6 +24,49 @@ def test_snip_importance_is_the_mean_abs_theta_times_grad():
     # |1*0.5| + |-2*0.25| + |3*-1| + |0.5*-2| + |4*0| + 0 = 0.5 + 0.5 + 3 + 1 + 0 + 0 = 5, over 6
     assert snip_importance([a, b, c]) == pytest.approx(5.0 / 6.0, rel=1e-12)
     assert math.isnan(snip_importance([]))
+
+
+class HostReads(TorchDispatchMode):
+    """Counts the ops that copy a tensor's value to Python (``.item()``, ``float()``: a host sync
+    on a GPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_snip_importance_stays_on_the_device_and_equals_the_formula():
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(shape, generator=g, requires_grad=True) for shape in [(7,), (3, 5), (2, 2, 2), (4,)]]
+    for p in params[:3]:  # the last one got no gradient
+        p.grad = torch.randn(p.shape, generator=g)
+    with HostReads() as reads:
+        q = snip_importance(params)
+    assert reads.count == 0  # no per-tensor .item(): one sync at most, by whoever reads q
+    assert isinstance(q, torch.Tensor) and q.shape == () and q.dtype == torch.float64
+    by_hand = sum((p.detach().double() * p.grad.double()).abs().sum().item() for p in params[:3]) / (7 + 15 + 8 + 4)
+    assert q.item() == pytest.approx(by_hand, rel=1e-6)  # float32 products, float64 mean
+
+
+def test_tensor_importances_give_the_same_average_as_floats():
+    """The training loop hands the sampler device tensors; m must be what floats would give."""
+    qs = [(1, 2.0), (2, 0.5), (1, 4.0), (3, float("nan")), (1, 1.0)]
+    eager = StitchSampler(4, total_steps=10, cfg=SamplerConfig())
+    lazy = StitchSampler(4, total_steps=10, cfg=SamplerConfig())
+    for step, (sid, q) in enumerate(qs):
+        eager.update(sid, q, step)
+        lazy.update(sid, torch.tensor(q, dtype=torch.float64), step)
+        if step == 2:
+            lazy.update(0, 3.0, step)  # a float after pending tensors keeps the order
+            eager.update(0, 3.0, step)
+    assert torch.equal(lazy.m, eager.m)
+    torch.testing.assert_close(lazy.importance(), eager.importance(), rtol=0, atol=0, equal_nan=True)
+    assert lazy.visits.tolist() == eager.visits.tolist() == [1, 3, 1, 1]
+    assert torch.equal(lazy.state_dict()["m"], eager.m)
 
 
 def test_bias_corrected_average_and_visit_counts():

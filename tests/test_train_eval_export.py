@@ -15,7 +15,7 @@ from torch.utils.data import TensorDataset
 
 from esta.vit.tuning import TuningConfig, make_tunable
 from esta.vit.evaluate import evaluate, predict
-from esta.vit.export import export_stitch, load_stitch, merged_net
+from esta.vit.export import export_stitch, load_stitch, merged_path
 from esta.sampling import SamplerConfig, StitchSampler
 from esta.vit.stitch import StitchedViT, ls_init
 from esta.train import TrainConfig, train
@@ -161,6 +161,56 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, unint
     assert not torch.allclose(ref_sampler.probs(len(ref_result.history) - 1), ref_sampler.probs(0))
 
 
+class Jittered(torch.utils.data.Dataset):
+    """Images plus noise drawn from torch's global RNG at every fetch: a random augmentation."""
+
+    def __init__(self, data: TensorDataset):
+        self.x, self.y = data.tensors
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i] + torch.rand(self.x[i].shape), self.y[i]
+
+
+def run_jittered(model, ckpt_dir, num_workers, stop_after=None):
+    train_cfg = cfg(num_workers=num_workers, seed=4)
+    sampler = StitchSampler(model.net.num_stitches, 9, SamplerConfig(warmup_frac=0.2), seed=11)
+    result = train(model, Jittered(toy_data()), train_cfg, sampler, ckpt_dir=ckpt_dir, settings=dict(task="toy"),
+                   progress=False, stop_after=stop_after)
+    return result, sampler
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_inside_an_epoch_replays_random_augmentation(tmp_path, num_workers):
+    """Random augmentation is a function of (seed, epoch, sample): interrupted after step 4 (inside
+    epoch 1) and resumed gives the losses and parameters of an uninterrupted run, with workers too."""
+    ref_model = build()
+    ref, _ = run_jittered(ref_model, None, num_workers)
+    run_jittered(build(), tmp_path, num_workers, stop_after=4)
+    model = build()
+    resumed, _ = run_jittered(model, tmp_path, num_workers)
+    assert resumed.resumed_from == 4
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in ref.history]
+    ref_params, params = snapshot(ref_model), snapshot(model)
+    assert all(torch.equal(params[n], ref_params[n]) for n in params)
+    ds = Jittered(toy_data())  # guard: the augmentation is random
+    assert not torch.equal(ds[0][0], ds[0][0])
+
+
+def test_resumed_run_reports_the_time_of_all_its_segments(tmp_path):
+    first, _ = run(build(), tmp_path, dict(task="toy"), stop_after=4)
+    (path,) = tmp_path.glob("*.pt")
+    stored = torch.load(path, map_location="cpu", weights_only=True)["elapsed_s"]
+    assert 0.5 * first.wall_s <= stored <= first.wall_s  # written at the end of the first segment
+    assert first.wall_s == first.wall_s_segment
+    resumed, _ = run(build(), tmp_path, dict(task="toy"))
+    assert resumed.resumed_from == 4
+    assert resumed.wall_s == pytest.approx(stored + resumed.wall_s_segment, rel=1e-12)
+    assert resumed.wall_s > resumed.wall_s_segment > 0
+
+
 def test_checkpoint_of_other_settings_is_not_resumed(tmp_path):
     run(build(), tmp_path, dict(task="a"), stop_after=2)
     same, _ = run(build(), tmp_path, dict(task="a"), stop_after=4)
@@ -294,10 +344,10 @@ def test_merged_equals_unmerged(trained_pst):
         merged = layer.get_base_layer()(tokens)
     torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=1e-6)
     for sid in (0, 8, 17):
-        net = merged_net(trained_pst, sid)
-        assert not any(isinstance(m, LoraLayer) for m in net.modules())
+        standalone = merged_path(trained_pst, sid)
+        assert not any(isinstance(m, LoraLayer) for m in standalone.modules())
         with torch.no_grad():
-            torch.testing.assert_close(net(x, sid), trained_pst(x, sid), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(standalone(x), trained_pst(x, sid), rtol=1e-5, atol=1e-5)
 
 
 def test_full_mode_export_round_trip(tmp_path):

@@ -147,8 +147,28 @@ def test_lora_update_is_b_a_x_scaled_by_alpha_over_rank(alpha, scale):
 
 def test_pst_param_groups_put_everything_at_lr_even_with_lr_anchor(pst):
     groups = pst.param_groups(lr=1e-3, lr_anchor=1e-4, weight_decay=1e-4)
-    assert [g["lr"] for g in groups] == [1e-3]
-    assert len(groups[0]["params"]) == len(pst.trainable())
+    assert {g["lr"] for g in groups} == {1e-3}
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in pst.trainable().values())
+
+
+@pytest.mark.parametrize("mode", ["pst", "full"])
+def test_no_weight_decay_on_1d_params_and_pos_cls_unless_decay_1d(mode):
+    """timm's rule: biases, LayerNorm, stitch biases, pos_embed and cls_token are not decayed."""
+    model = make_tunable(StitchedViT(make_anchors()), TuningConfig(mode=mode, rank=2))
+    trainable = model.trainable()
+    exempt = {id(p) for n, p in trainable.items() if p.ndim <= 1 or n.endswith(("pos_embed", "cls_token"))}
+    assert exempt and len(exempt) < len(trainable)
+    if mode == "pst":
+        assert {id(p) for n, p in trainable.items() if n.startswith("biases.")} <= exempt
+    else:
+        assert {id(trainable[f"net.anchors.{i}.{k}"]) for i in range(3) for k in ("pos_embed", "cls_token")} <= exempt
+    groups = model.param_groups(lr=1e-3, lr_anchor=1e-4, weight_decay=0.05)
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(p) for p in trainable.values()} - exempt
+    assert groups[0]["lr"] == 1e-3 and groups[0]["weight_decay"] == 0.05  # the group the log reports
+    everything = model.param_groups(lr=1e-3, lr_anchor=1e-4, weight_decay=0.05, decay_1d=True)
+    assert {id(p) for g in everything if g["weight_decay"] == 0.05 for p in g["params"]} == {
+        id(p) for p in trainable.values()}
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,9 @@ import torch
 import yaml
 from conftest import BIN, ROOT, make_workdir, snakemake
 
+from esta.vit.data import task_info
+from esta.vit.metrics import with_task_head
+
 CONFIGS = [ROOT / "config.yaml", *sorted((ROOT / "config").glob("*.yaml"))]
 
 
@@ -56,6 +59,28 @@ def test_bad_config_fails_in_validation_naming_the_key(override, culprit, tmp_pa
     text = proc.stdout + proc.stderr
     assert "validat" in text.lower() and culprit in text
     assert not (work / "results").exists()  # failed before any job
+
+
+@pytest.mark.parametrize(
+    "override, line",
+    [("threads=many", "config.threads = 'many': 'many' is not of type 'integer' [schema rule properties/threads/type]"),
+     # --config leaves values nested in a mapping as strings
+     ("variants={default: {}, nobias: {esta: {lora: {rank: 0}}}}",
+      "config.esta.lora.rank = '0': '0' is not of type 'integer' [schema rule "
+      "properties/esta/properties/lora/properties/rank/type]")],
+)
+def test_validation_error_is_one_line_per_violation_not_the_schema(override, line, tmp_path):
+    """The error names key path, value and rule, without the schema around it (Snakemake's
+    validate prints the whole schema: every key's description)."""
+    work = make_workdir(tmp_path)
+    proc = snakemake(work, "-n", "--config", override, check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and line in text, text
+    if "variants" in override:
+        assert "variants.nobias" in text
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert schema["properties"]["weights_root"]["description"][:40] not in text
+    assert "description" not in text and len(text) < 2000, text
 
 
 def test_schema_task_enum_is_the_task_table():
@@ -109,7 +134,9 @@ def test_deployed_tables(smoke):
     assert set(deployed["method"]) == {"esta", "snnet"}
     assert set(deployed["task"]) == set(cfg["tasks"])
     assert deployed["test_accuracy"].between(0, 1).all()
-    assert deployed["gmacs"].between(stitches["gmacs"].min(), stitches["gmacs"].max()).all()
+    for task, g in deployed.groupby("task"):  # each task's MACs end in its own head
+        own = with_task_head(stitches, task_info(task).num_classes)
+        assert g["gmacs"].between(own["gmacs"].min(), own["gmacs"].max()).all(), task
     anchors = stitches.loc[stitches["front"] == stitches["end"], "stitch_id"]
     for (method, task), g in deployed.groupby(["method", "task"]):
         assert set(anchors) <= set(g["stitch_id"]), (method, task)

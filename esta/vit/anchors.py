@@ -6,20 +6,27 @@ well as the tiny family of the embedded default; there is no second ViT implemen
 
 Weights come only from local files (``create_model(..., pretrained=True,
 pretrained_cfg_overlay=dict(file=path, num_classes=<classes in the file>))``); with no file the
-anchor is randomly initialised. Nothing is ever downloaded.
+anchor is randomly initialised. Nothing is ever downloaded. A file's classification head is kept only
+for the task it was trained on (SN-Net's adapted anchors, spec §7); an upstream head is re-initialised
+for the task even when the class counts agree.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import timm
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
-__all__ = ["AnchorSpec", "FAMILIES", "family", "family_at", "build_anchor", "build_family", "check_family"]
+from safetensors import safe_open
+
+if TYPE_CHECKING:  # timm and torch are imported where models are built: the workflow reads the
+    from torch import nn  # family table when it plans the DAG, and that must stay fast
+
+__all__ = ["AnchorSpec", "FAMILIES", "family", "family_at", "build_anchor", "build_family", "check_family",
+           "weights_meta"]
 
 
 @dataclass(frozen=True)
@@ -85,8 +92,26 @@ def family_at(name: str, img_size: int) -> str:
     return name if native == {img_size} else f"{name.partition('@')[0]}@{img_size}"
 
 
-def build_anchor(spec: AnchorSpec, num_classes: int, weights: str | Path | None = None) -> nn.Module:
-    """Build one anchor with a fresh ``num_classes`` head, loading a local weight file if given."""
+def weights_meta(path: str | Path) -> dict:
+    """The ``esta`` metadata of a weight file this workflow wrote (``{}`` for any other file)."""
+    if Path(path).suffix != ".safetensors" or not Path(path).is_file():
+        return {}  # a missing file is reported by build_anchor, naming it
+    with safe_open(str(path), "pt") as f:
+        return json.loads((f.metadata() or {}).get("esta", "{}"))
+
+
+def build_anchor(
+    spec: AnchorSpec, num_classes: int, weights: str | Path | None = None, keep_head: bool = False
+) -> nn.Module:
+    """Build one anchor with a ``num_classes`` head, loading a local weight file if given.
+
+    The head is new (timm's initialisation) unless ``keep_head``: then the file's head is loaded
+    and must have ``num_classes`` outputs. The head size stored in the file is read from the
+    ``num_classes`` metadata of files this workflow wrote, else taken from ``spec``.
+    """
+    import timm
+    from timm.models.vision_transformer import init_weights_vit_timm
+
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     kwargs = dict(spec.kwargs, num_classes=num_classes)
@@ -98,11 +123,13 @@ def build_anchor(spec: AnchorSpec, num_classes: int, weights: str | Path | None 
             f"weight file for {spec.name} not found: {path} (expected a timm state dict in "
             f".safetensors, .pth or .npz format for {spec.timm_name})"
         )
-    overlay = dict(file=str(path), num_classes=spec.pretrained_classes)
+    stored = weights_meta(path).get("num_classes", spec.pretrained_classes)
+    # timm drops the file's head when the model's class count differs from the overlay's
+    overlay = dict(file=str(path), num_classes=num_classes if keep_head else stored)
     if path.suffix == ".npz":  # Google's original JAX checkpoints: timm's own npz loader
         overlay["custom_load"] = True
     try:
-        return timm.create_model(
+        anchor = timm.create_model(
             spec.timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
         )
     except (pickle.UnpicklingError, RuntimeError) as err:
@@ -114,8 +141,12 @@ def build_anchor(spec: AnchorSpec, num_classes: int, weights: str | Path | None 
             ) from err
         # timm's load_state_dict reports missing keys and size mismatches as RuntimeError
         raise ValueError(
-            f"weight file {path} does not fit {spec.name} ({spec.timm_name}, {spec.kwargs}): {err}"
+            f"weight file {path} does not fit {spec.name} ({spec.timm_name}, {spec.kwargs}"
+            f"{', keeping its head' if keep_head else ''}): {err}"
         ) from err
+    if not keep_head and stored == num_classes:
+        init_weights_vit_timm(anchor.head)  # timm loaded the equally sized head: make it new
+    return anchor
 
 
 def check_family(anchors: list[nn.Module]) -> None:
@@ -134,21 +165,29 @@ def check_family(anchors: list[nn.Module]) -> None:
 
 
 def build_family(
-    name: str, num_classes: int, weights: list[str | Path | None] | None = None
+    name: str, num_classes: int, weights: list[str | Path | None] | None = None, task: str | None = None
 ) -> list[nn.Module]:
-    """Build every anchor of a family (small to large), each with a ``num_classes`` head."""
+    """Build every anchor of a family (small to large), each with a ``num_classes`` head.
+
+    A weight file's head is kept only when its metadata says it was trained on ``task`` (SN-Net's
+    adapted anchors, written by ``train_anchor.py``); upstream heads (task "upstream", registered
+    files without a task) are re-initialised, even for a task of as many classes.
+    """
     specs = family(name)
     weights = [None] * len(specs) if weights is None else list(weights)
     if len(weights) != len(specs):
         raise ValueError(
             f"family {name!r} has {len(specs)} anchors but {len(weights)} weight files were given"
         )
-    anchors = [build_anchor(s, num_classes, w) for s, w in zip(specs, weights)]
+    keep = [w is not None and task is not None and weights_meta(w).get("task") == task for w in weights]
+    anchors = [build_anchor(s, num_classes, w, k) for s, w, k in zip(specs, weights, keep)]
     check_family(anchors)
     return anchors
 
 
 def meta_family(name: str, num_classes: int) -> list[nn.Module]:
     """The family on the meta device: shapes only, for FLOPs and parameter counts in milliseconds."""
+    import torch
+
     with torch.device("meta"):
         return build_family(name, num_classes)

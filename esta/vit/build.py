@@ -14,15 +14,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from esta.vit.tuning import TuningConfig, TunableViT, make_tunable
-from esta.vit.anchors import build_anchor, check_family, family
+from esta.vit.anchors import build_family, family
 from esta.runtime import atomic_path
 from esta.vit.stitch import StitchedViT
 
 __all__ = [
     "save_tensors",
     "load_tensors_file",
-    "load_anchor",
-    "load_anchors",
+    "load_trainable",
+    "fixed_batch",
     "assemble",
     "anchor_arch",
     "open_task",
@@ -56,35 +56,20 @@ def anchor_arch(family_name: str) -> list[dict]:
     return [dict(name=s.name, timm_name=s.timm_name, kwargs=s.kwargs) for s in family(family_name)]
 
 
-def load_anchor(spec, num_classes: int, weights: str | Path | None = None, stored_classes: int | None = None):
-    """One anchor with a ``num_classes`` head from a local timm-format weight file (or random).
-
-    ``stored_classes`` is the head size stored in the file: the head is kept when it equals
-    ``num_classes`` (SN-Net's adapted anchors) and re-initialised otherwise. By default it is read
-    from the ``num_classes`` metadata of files this workflow wrote, else the family's.
-    """
-    if stored_classes is None and weights is not None and str(weights).endswith(".safetensors"):
-        stored_classes = load_tensors_file(weights)[1].get("num_classes")
-    if stored_classes is not None:
-        spec = type(spec)(spec.name, spec.timm_name, spec.kwargs, stored_classes)
-    return build_anchor(spec, num_classes, weights)
-
-
-def load_anchors(
-    family_name: str,
-    num_classes: int,
-    weights: list[str | Path] | None = None,
-    stored_classes: list[int] | None = None,
-) -> list[nn.Module]:
-    """Every anchor of a family via ``load_anchor``, checked to form a family."""
-    specs = family(family_name)
-    weights = [None] * len(specs) if weights is None else list(weights)
-    stored_classes = [None] * len(specs) if stored_classes is None else list(stored_classes)
-    if len(weights) != len(specs):
-        raise ValueError(f"family {family_name!r} has {len(specs)} anchors, got {len(weights)} weight files")
-    anchors = [load_anchor(s, num_classes, w, c) for s, w, c in zip(specs, weights, stored_classes)]
-    check_family(anchors)
-    return anchors
+def load_trainable(model: nn.Module, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Copy a trained state into ``model.trainable()``: same keys, same shapes, or an error naming
+    ``source`` (a state file, or a snapshot inside one) and the first differing keys."""
+    trainable = model.trainable()
+    if set(tensors) != set(trainable):
+        extra = sorted(set(tensors) ^ set(trainable))[:3]
+        raise ValueError(f"{source} was trained with other settings (differing keys {extra})")
+    bad = [k for k, v in tensors.items() if trainable[k].shape != v.shape]
+    if bad:
+        k = bad[0]
+        raise ValueError(f"{source}: {k} has shape {tuple(tensors[k].shape)}, model has {tuple(trainable[k].shape)}")
+    with torch.no_grad():
+        for k, v in tensors.items():
+            trainable[k].copy_(v)
 
 
 def _load_strict(module: nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
@@ -107,25 +92,19 @@ def assemble(
     stitch_file: str | Path | None = None,
     tuning_cfg: TuningConfig | None = None,
     state_file: str | Path | None = None,
-    stored_classes: list[int] | None = None,
+    task: str | None = None,
 ) -> TunableViT:
-    """Anchors -> StitchedViT (+ LS-initialised stitching layers) -> trainable set (+ trained state)."""
-    net = StitchedViT(load_anchors(family_name, num_classes, anchor_files, stored_classes))
+    """Anchors -> StitchedViT (+ LS-initialised stitching layers) -> trainable set (+ trained state).
+
+    ``task``: the task the model is for; an anchor file keeps its head only if it was trained on it
+    (``esta.vit.anchors.build_family``)."""
+    net = StitchedViT(build_family(family_name, num_classes, anchor_files, task=task))
     if stitch_file is not None:
         tensors, _ = load_tensors_file(stitch_file)
         _load_strict(net.stitch_layers, tensors, stitch_file)
     model = make_tunable(net, tuning_cfg or TuningConfig())
     if state_file is not None:
-        tensors, _ = load_tensors_file(state_file)
-        trainable = model.trainable()
-        if set(tensors) != set(trainable):
-            extra = sorted(set(tensors) ^ set(trainable))[:3]
-            raise ValueError(f"{state_file} was trained with other settings (differing keys {extra})")
-        with torch.no_grad():
-            for k, v in tensors.items():
-                if trainable[k].shape != v.shape:
-                    raise ValueError(f"{state_file}: {k} has shape {tuple(v.shape)}, model has {tuple(trainable[k].shape)}")
-                trainable[k].copy_(v)
+        load_trainable(model, load_tensors_file(state_file)[0], state_file)
     return model
 
 
@@ -181,22 +160,37 @@ def data_key(manifest: dict) -> dict:
 
 
 def open_task(manifest: str | Path | dict, split: str, img_size: int, num_workers: int = 0,
-              augment: bool | None = None):
+              augment: bool | None = None, normalize: str = "imagenet", family: str | None = None,
+              fgvc_interpolation: str = "bicubic", lazy: bool = False):
     """Split ``split`` of the task a manifest describes (``esta.vit.data.open_split``). Splits without
-    random augmentation that fit in 1 GiB as float32 are decoded once and come back as tensors."""
+    random augmentation that fit in 1 GiB as float32 are decoded once and come back as tensors,
+    unless ``lazy``: then images are decoded when indexed (for jobs that use a few of them).
+    ``normalize`` / ``family`` / ``fgvc_interpolation`` are config keys ``data.normalize``, ``family``
+    and ``data.fgvc_interpolation`` (``esta.vit.data.normalization``)."""
     from torch.utils.data import TensorDataset
 
-    from esta.vit.data import TASKS, VtabFolder, augmented, eval_transform, load_tensors, open_split
+    from esta.vit.data import TASKS, VtabFolder, augmented, eval_transform, load_tensors, normalization, open_split
 
     m = manifest if isinstance(manifest, dict) else read_manifest(manifest)
     if m["task"] in TASKS:
-        ds = open_split(m["root"], m["task"], split, img_size, augment=augment)
+        ds = open_split(m["root"], m["task"], split, img_size, augment=augment, normalize=normalize, family=family,
+                        fgvc_interpolation=fgvc_interpolation)
         random = augmented(m["task"], split) if augment is None else augment
     else:
-        ds, random = VtabFolder(m["root"], split, m["num_classes"], eval_transform(img_size)), False
-    if not random and len(ds) * 3 * img_size * img_size * 4 <= _IN_MEMORY_BYTES:
+        transform = eval_transform(img_size, mean_std=normalization(normalize, family))
+        ds, random = VtabFolder(m["root"], split, m["num_classes"], transform), False
+    if not lazy and not random and len(ds) * 3 * img_size * img_size * 4 <= _IN_MEMORY_BYTES:
         return TensorDataset(*load_tensors(ds, num_workers=num_workers))
     return ds
+
+
+def fixed_batch(dataset, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` of ``n`` items of ``dataset`` drawn by a permutation seeded with ``seed``
+    (all of them when it holds fewer): the fixed batch of LS init, importance refresh and the
+    gradient-interference analysis. Only those ``n`` items are read (decoded)."""
+    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    items = [dataset[i] for i in idx]
+    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
 
 
 # ---------------------------------------------------------------------------------------------

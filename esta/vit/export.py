@@ -1,10 +1,12 @@
 """Export one deployed stitch as a standalone model (ESTA §3.3; spec §6 "Export").
 
-The shared LoRA is merged into a *copy* of the weights (peft's ``merge`` changes the base weight in
-place, which would change every other stitch), the stitch's own biases are baked into that copy, and
-only the modules on the stitch's path are kept: front stem and blocks ``0..j``, stitching layer,
-end blocks ``k..D-1``, final norm and head. Weights go to safetensors, the architecture and
-provenance to a JSON beside them; ``load_stitch`` rebuilds the model with timm and loads the weights.
+Only the modules on the stitch's path are copied -- front stem (patch embed, cls/pos) and blocks
+``0..j``, stitching layer, end blocks ``k..D-1``, final norm and head; nothing else of the shared
+model is read (a deep copy of the whole net would cost ~0.5 GB per exported stitch at ViT-B). The
+shared LoRA is merged into those copies (peft's ``merge`` changes the base weight in place, which
+on the shared model would change every other stitch) and the stitch's own biases are baked in.
+Weights go to safetensors, the architecture and provenance to a JSON beside them; ``load_stitch``
+rebuilds the model with timm and loads the weights.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from esta.vit.tuning import TunableViT
-from esta.vit.stitch import StitchedViT, embed, head
+from esta.vit.stitch import embed, head
 
-__all__ = ["StitchPath", "export_stitch", "load_stitch", "merged_net"]
+__all__ = ["StitchPath", "export_stitch", "load_stitch", "merged_path"]
 
 
 class StitchPath(nn.Module):
@@ -43,24 +45,51 @@ class StitchPath(nn.Module):
         return head(self.end, self.end.blocks(self.layer(h)))
 
 
-def merged_net(model: TunableViT, stitch_id: int) -> StitchedViT:
-    """A copy of the net with stitch ``stitch_id``'s biases baked in and every LoRA merged away."""
-    net = copy.deepcopy(model.net)
+def _copy_without(module: nn.Module, drop: list[nn.Module | nn.Parameter | None]) -> nn.Module:
+    """A deep copy of ``module`` that never copies the submodules and parameters in ``drop``: in the
+    copy a dropped module is an ``nn.Identity`` and a dropped parameter is ``None``."""
+    memo = {id(d): None if isinstance(d, torch.Tensor) else nn.Identity() for d in drop if d is not None}
+    return copy.deepcopy(module, memo)
+
+
+def merged_path(model: TunableViT, stitch_id: int) -> nn.Module:
+    """Stitch ``stitch_id`` as a standalone model, built from copies of its path's modules only,
+    with its own biases baked in and every LoRA merged away; ``model`` is left as it was.
+
+    An anchor is a copy of its timm model; a stitch is a ``StitchPath``."""
+    net = model.net
+    s = net.stitch(stitch_id)
+    if s.is_anchor:
+        standalone = copy.deepcopy(net.anchors[s.front])
+        prefixes = {f"anchors.{s.front}.": ""}
+    else:
+        front, end = net.anchors[s.front], net.anchors[s.end]
+        front = _copy_without(front, [*front.blocks[s.j + 1 :], front.norm, front.fc_norm, front.head])
+        end = _copy_without(
+            end, [*end.blocks[: s.k], end.patch_embed, end.norm_pre, end.cls_token, end.reg_token, end.pos_embed]
+        )
+        standalone = StitchPath(front, copy.deepcopy(net.stitch_layer(s)), end, s.j, s.k)
+        prefixes = {
+            f"anchors.{s.front}.": "front.",
+            f"anchors.{s.end}.": "end.",
+            f"stitch_layers.{s.front}.{s.layer}.": "layer.",
+        }
     if model.biases is not None:
-        params = dict(net.named_parameters())
+        params = dict(standalone.named_parameters())
         with torch.no_grad():
             for name, p in model.biases_for(stitch_id).items():
-                params[name].copy_(p)
+                old = next(o for o in prefixes if name.startswith(o))
+                params[prefixes[old] + name.removeprefix(old)].copy_(p)
     if model.cfg.mode == "full":
-        return net  # SN-Net: no LoRA to merge
+        return standalone  # SN-Net: no LoRA to merge
     from peft.tuners.lora import LoraLayer  # imported lazily, see esta.vit.tuning
 
-    for name, module in list(net.named_modules()):
+    for name, module in list(standalone.named_modules()):
         if isinstance(module, LoraLayer):
             module.merge(safe_merge=True)
             parent, _, child = name.rpartition(".")
-            setattr(net.get_submodule(parent), child, module.get_base_layer())
-    return net
+            setattr(standalone.get_submodule(parent), child, module.get_base_layer())
+    return standalone
 
 
 def _build(arch: dict) -> nn.Module:
@@ -87,8 +116,8 @@ def export_stitch(
     ``anchor_arch[i]`` is ``{"timm_name", "kwargs"}`` of anchor i (from ``esta.vit.anchors``).
     """
     s = model.net.stitch(stitch_id)
-    net = merged_net(model, stitch_id)
-    num_classes = net.anchors[s.end].num_classes
+    standalone = merged_path(model, stitch_id)
+    num_classes = model.net.anchors[s.end].num_classes
     arch = dict(
         stitch_id=stitch_id,
         is_anchor=s.is_anchor,
@@ -99,10 +128,6 @@ def export_stitch(
         num_classes=num_classes,
         anchors=[anchor_arch[s.front]] if s.is_anchor else [anchor_arch[s.front], anchor_arch[s.end]],
     )
-    if s.is_anchor:
-        standalone = net.anchors[s.front]
-    else:
-        standalone = StitchPath(net.anchors[s.front], net.stitch_layer(s), net.anchors[s.end], s.j, s.k)
     state = {k: v.detach().cpu().contiguous() for k, v in standalone.state_dict().items()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

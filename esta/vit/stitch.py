@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 import torch
 from torch import nn
+from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 
 from esta.vit.anchors import check_family
@@ -92,6 +94,10 @@ class StitchedViT(nn.Module):
     The stitch is an argument of ``forward``, never stored state, and ``forward`` draws no random
     numbers, so any stitch can be evaluated, traced or called with substituted parameters
     (``torch.func.functional_call``) without side effects.
+
+    ``set_grad_checkpointing(True)`` recomputes each anchor block in the backward pass instead of
+    keeping its activations. The net runs the anchors' blocks itself, so timm's own
+    ``set_grad_checkpointing`` (which acts in ``VisionTransformer.forward_features``) has no effect here.
     """
 
     def __init__(self, anchors: list[nn.Module]):
@@ -107,6 +113,23 @@ class StitchedViT(nn.Module):
             )
             for p in range(len(anchors) - 1)
         )
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every anchor block in the backward pass (memory for time, ~1 extra forward)."""
+        self.grad_checkpointing = bool(enable)
+
+    def run_blocks(self, blocks: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+        """``blocks(h)``, each block checkpointed when enabled and gradients are being recorded."""
+        if not (self.grad_checkpointing and torch.is_grad_enabled()):
+            return blocks(h)
+        for blk in blocks:
+            # Recomputation runs in the backward pass, after a ``functional_call`` around forward
+            # (PST's stitch biases) has put the module's own parameters back. So the tensors the
+            # block uses now are captured and handed to the recomputation explicitly.
+            state = {**dict(blk.named_parameters()), **dict(blk.named_buffers())}
+            h = checkpoint(_call_with, blk, state, h, use_reentrant=False)
+        return h
 
     @property
     def num_stitches(self) -> int:
@@ -137,14 +160,14 @@ class StitchedViT(nn.Module):
         if s.is_anchor:
             return head(self.anchors[s.front], h)
         end = self.anchors[s.end]
-        h = end.blocks[s.k :](self.stitch_layer(s)(h))
+        h = self.run_blocks(end.blocks[s.k :], self.stitch_layer(s)(h))
         return head(end, h)
 
     def forward(self, x: torch.Tensor, stitch_id: int) -> torch.Tensor:
         s = self.stitch(stitch_id)
         vit = self.anchors[s.front]
         cut = self.depth if s.is_anchor else s.j + 1
-        h = vit.blocks[:cut](embed(vit, x))
+        h = self.run_blocks(vit.blocks[:cut], embed(vit, x))
         return self.tail(h, stitch_id)
 
     def path_prefixes(self, stitch_id: int) -> list[str]:
@@ -163,6 +186,11 @@ class StitchedViT(nn.Module):
     def on_path(self, name: str, stitch_id: int) -> bool:
         """Whether the parameter or module called ``name`` lies on stitch ``stitch_id``'s path."""
         return any(name.startswith(p) or name + "." == p for p in self.path_prefixes(stitch_id))
+
+
+def _call_with(block: nn.Module, state: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+    """``block(h)`` with the given parameters and buffers (the ones current at forward time)."""
+    return functional_call(block, state, (h,))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ LORA_TARGETS = {
     "attn_mlp": r".*\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))|stitch_layers\.\d+\.\d+",
 }
 _SEP = ":"  # nn.ParameterDict keys may not contain "."
+_NO_DECAY = {"pos_embed", "cls_token", "dist_token", "reg_token"}  # timm ViT's no_weight_decay()
 
 
 @dataclass
@@ -145,6 +146,10 @@ class TunableViT(nn.Module):
         x, y = batch
         return F.cross_entropy(self(x, stitch_id), y)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute anchor blocks in the backward pass (``StitchedViT.set_grad_checkpointing``)."""
+        self.net.set_grad_checkpointing(enable)
+
     def importance_params(self, stitch_id: int) -> list[nn.Parameter]:
         """Θ_s of spec §6: the stitch's own biases plus the LoRA parameters on its path (with shared
         biases, the shared ones on its path). Head weights are not in Θ_s. Empty in full mode, where
@@ -164,18 +169,23 @@ class TunableViT(nn.Module):
         """Every parameter that trains, by qualified name."""
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
-    def param_groups(self, lr: float, lr_anchor: float | None, weight_decay: float) -> list[dict]:
+    def param_groups(self, lr: float, lr_anchor: float | None, weight_decay: float,
+                     decay_1d: bool = False) -> list[dict]:
         """AdamW groups: in full mode SN-Net's anchor weights take ``lr_anchor`` and the stitching
-        layers and heads ``lr``; in PST everything takes ``lr``."""
-        slow, fast = [], []
+        layers and heads ``lr``; in PST everything takes ``lr``. Unless ``decay_1d``, 1-D parameters
+        (biases, LayerNorm, PST's stitch biases) and pos_embed/cls_token get no weight decay
+        (timm's ``param_groups_weight_decay`` rule and ``VisionTransformer.no_weight_decay``).
+        The first group is the ``lr`` group with decay (the one the training log reports)."""
+        groups: dict[tuple[float, float], list[nn.Parameter]] = {}
         for n, p in self.trainable().items():
             is_anchor_weight = n.startswith("net.anchors.") and ".head." not in n
             full_anchor = self.cfg.mode == "full" and lr_anchor is not None and is_anchor_weight
-            (slow if full_anchor else fast).append(p)
-        groups = [dict(params=fast, lr=lr, weight_decay=weight_decay)]
-        if slow:
-            groups.append(dict(params=slow, lr=lr_anchor, weight_decay=weight_decay))
-        return groups
+            no_decay = not decay_1d and (p.ndim <= 1 or n.rsplit(".", 1)[-1] in _NO_DECAY)
+            key = (lr_anchor if full_anchor else lr, 0.0 if no_decay else weight_decay)
+            groups.setdefault(key, []).append(p)
+        first = (lr, weight_decay)
+        order = sorted(groups, key=lambda k: (k != first, k[0] != lr, k))
+        return [dict(params=groups[k], lr=k[0], weight_decay=k[1]) for k in order]
 
 
 def make_tunable(net: StitchedViT, cfg: TuningConfig) -> TunableViT:

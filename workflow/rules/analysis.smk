@@ -2,7 +2,8 @@ rule accuracy_tables:
     """Deployed accuracy per task and per group (Natural/Specialized/Structured/FGVC/mean), mean ±
     std over seeds (spec §9)."""
     input:
-        f"{R}/tables/deployed.csv",
+        deployed=f"{R}/tables/deployed.csv",
+        controls=f"{R}/tables/anchors_alone.csv",
     output:
         by_task=f"{R}/tables/accuracy_by_task.csv",
         by_group=f"{R}/tables/accuracy_by_group.csv",
@@ -19,7 +20,15 @@ rule cost_table:
     input:
         benchmarks=f"{R}/tables/benchmarks.csv",
         deployed=f"{R}/tables/deployed.csv",
-        code=code("analysis", "vit/tuning", "vit/anchors", "vit/stitch"),
+        code=code(
+            "analysis",
+            "info",
+            "vit/tuning",
+            "vit/anchors",
+            "vit/stitch",
+            "vit/build",
+            "vit/data",
+        ),
     output:
         f"{R}/tables/cost.csv",
     log:
@@ -92,7 +101,7 @@ rule grad_interference:
         stitch=esta_stitch_init("tuning"),
         snapshots=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/snapshots.safetensors",
         data=f"{R}/data/{{task}}/manifest.json",
-        code=code("analysis", "vit/tuning", "vit/build"),
+        code=code("analysis", "vit/tuning", "vit/build", "vit/data"),
     output:
         f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/grad_interference.csv",
     log:
@@ -107,6 +116,8 @@ rule grad_interference:
         family=config["family"],
         method=lambda w: method_config(w.variant)["esta"],
         img_size=config["data"]["img_size"],
+        normalize=config["data"]["normalize"],
+        fgvc_interpolation=config["data"]["fgvc_interpolation"],
         device=config["device"],
     script:
         "../scripts/grad_interference.py"

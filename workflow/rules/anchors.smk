@@ -33,6 +33,8 @@ rule pretrain_anchor:
             for k in ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs")
         },
         num_workers=config["data"]["num_workers"],
+        normalize=config["data"]["normalize"],
+        fgvc_interpolation=config["data"]["fgvc_interpolation"],
         device=config["device"],
         checkpoint_every_s=config["checkpoint_every_s"],
         ckpt_dir=lambda w: f"{R}/.checkpoints/anchors/{w.family}/anchor{w.i}",
@@ -81,7 +83,7 @@ rule anchors_table:
 
 rule stitch_table:
     input:
-        code=code("vit/anchors", "vit/stitch", "info", "vit/tuning"),
+        code=code("vit/anchors", "vit/stitch", "info", "vit/tuning", "vit/metrics"),
     output:
         f"{R}/tables/stitches.csv",
     log:
@@ -115,5 +117,67 @@ rule ls_init:
         family=config["family"],
         n_images=config["ls_init"]["n_images"],
         img_size=config["data"]["img_size"],
+        normalize=config["data"]["normalize"],
+        fgvc_interpolation=config["data"]["fgvc_interpolation"],
     script:
         "../scripts/ls_init.py"
+
+
+rule install_shipped_anchor:
+    """Install one anchor shipped in the package (esta/vit/assets/<family>/, pretrained at length by
+    config/upstream.yaml) as the run's anchor, checked against the folder's manifest."""
+    input:
+        weights=f"{SHIPPED}/{{family}}/anchor{{i}}.safetensors",
+        info=f"{SHIPPED}/{{family}}/anchor{{i}}.json",
+        manifest=f"{SHIPPED}/{{family}}/manifest.json",
+        code=code("vit/shipped", "vit/build"),
+    output:
+        weights=f"{R}/anchors/{{family}}/anchor{{i}}.safetensors",
+        info=f"{R}/anchors/{{family}}/anchor{{i}}.json",
+    log:
+        f"{R}/logs/install_shipped_anchor/{{family}}/anchor{{i}}.log",
+    benchmark:
+        f"{R}/benchmarks/install_shipped_anchor/{{family}}/anchor{{i}}.tsv"
+    wildcard_constraints:
+        family="embedded",
+    conda:
+        "../envs/esta.yaml"
+    params:
+        folder=lambda w: f"{SHIPPED}/{w.family}",
+    script:
+        "../scripts/install_shipped_anchor.py"
+
+
+# Both rules write the embedded anchors; anchors.source picks which one runs.
+if config["anchors"]["source"] == "shipped":
+
+    ruleorder: install_shipped_anchor > pretrain_anchor
+
+else:
+
+    ruleorder: pretrain_anchor > install_shipped_anchor
+
+
+if config["anchors"]["source"] == "pretrain":
+
+    rule ship_anchors:
+        """Store the pretrained family in the package with a manifest (sha256, command, recipe,
+        accuracies): run with config/upstream.yaml, then commit esta/vit/assets/."""
+        input:
+            weights=expand(
+                f"{R}/anchors/{config['family']}/anchor{{i}}.safetensors", i=ANCHORS
+            ),
+            info=expand(f"{R}/anchors/{config['family']}/anchor{{i}}.json", i=ANCHORS),
+            code=code("vit/shipped", "vit/build"),
+        output:
+            f"{SHIPPED}/{config['family']}/manifest.json",
+        log:
+            f"{R}/logs/ship_anchors.log",
+        conda:
+            "../envs/esta.yaml"
+        params:
+            family=config["family"],
+            recipe=config["anchors"]["pretrain"],
+            command=SHIP_COMMAND,
+        script:
+            "../scripts/ship_anchors.py"

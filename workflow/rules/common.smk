@@ -3,15 +3,22 @@ import math
 import os
 import re
 
-from snakemake.exceptions import WorkflowError
+from esta.schema import check_config
 
-validate(config, schema="../schemas/config.schema.yaml")
+# jsonschema directly, not snakemake.utils.validate: a failure names the key, value and rule on
+# one line instead of printing the whole schema around it.
+SCHEMA = os.path.join(workflow.basedir, "schemas", "config.schema.yaml")
+check_config(config, SCHEMA)
+
+# The anchor count comes from the family table; this imports torch and timm (seconds of DAG build).
+from esta.vit.anchors import family
 
 R = "results"
+# anchors shipped inside the package (anchors.source: shipped), and the command that makes them
+SHIPPED = "esta/vit/assets"
+SHIP_COMMAND = "snakemake ship_anchors --configfile config/upstream.yaml --cores 2 --set-threads pretrain_anchor=1"
 METHODS = ["esta", "snnet"]
-ANCHORS = list(
-    range({"embedded": 3, "vit-ti-s-b": 3, "deit-ti-s-b": 3}.get(config["family"], 3))
-)
+ANCHORS = list(range(len(family(config["family"]))))
 
 
 CPUS = os.cpu_count() or 1
@@ -56,12 +63,11 @@ def merged(base, over):
 
 # A variant must make a valid config too: a typo in an override would otherwise be ignored silently.
 for _name, _over in config["variants"].items():
-    try:
-        validate(merged(config, _over), schema="../schemas/config.schema.yaml")
-    except WorkflowError as err:
-        raise WorkflowError(
-            f"config variants.{_name} ({_over}) makes an invalid config", err
-        )
+    check_config(
+        merged(config, _over),
+        SCHEMA,
+        f"config with variants.{_name} ({_over}) merged in",
+    )
 
 
 def method_config(variant):
@@ -80,9 +86,13 @@ def slug(task):
 
 
 EXTERNAL = [t for t in config["tasks"] if not t.startswith("embedded/")]
-if config["anchors"]["source"] == "pretrain" and config["family"] != "embedded":
+if (
+    config["anchors"]["source"] in ("pretrain", "shipped")
+    and config["family"] != "embedded"
+):
     raise ValueError(
-        f"anchors.source 'pretrain' trains only the embedded family, not {config['family']!r}; "
+        f"anchors.source {config['anchors']['source']!r} exists only for the embedded family, "
+        f"not {config['family']!r}; "
         "use anchors.source: files with weights_root and anchors.weights"
     )
 if config["anchors"]["source"] == "files" and len(
@@ -127,7 +137,8 @@ def ablation_inputs(w):
     run = f"{R}/esta/default/{{task}}/seed{{seed}}/tuning"
     kw = dict(task=ABL["tasks"], seed=config["seeds"])
     return dict(
-        deployed=expand(f"{run}/deployed.csv", **kw),
+        trained=expand(f"{run}/deployed_trained.csv", **kw),
+        refreshed=expand(f"{run}/deployed_refreshed.csv", **kw),
         selection=expand(f"{run}/stitch_accuracy_selection.csv", **kw),
         test=expand(f"{run}/stitch_accuracy_test.csv", **kw),
         stitches=f"{R}/tables/stitches.csv",
@@ -209,10 +220,10 @@ def get_final_output():
     out += expand(f"{R}/tables/pareto_{{slug}}.csv", slug=slugs)
     out += expand(
         f"{R}/tables/{{name}}.csv",
-        name=["accuracy_by_task", "accuracy_by_group", "cost"],
+        name=["accuracy_by_task", "accuracy_by_group", "cost", "anchors_alone"],
     )
     figures = [f"ablation_{a}" for a in ABLATIONS]
-    figures += ["importance_vs_accuracy", "grad_interference"]
+    figures += ["importance_vs_accuracy", "grad_interference", "visits"]
     out += expand(f"{R}/figures/{{fig}}.{{ext}}", fig=figures, ext=["pdf", "png"])
     out += expand(f"{R}/tables/{{fig}}.csv", fig=figures)
     out += expand(
@@ -221,6 +232,8 @@ def get_final_output():
         task=config["tasks"],
         seed=config["seeds"],
     )
+    if config["llm"]["enabled"]:  # Stitched LLaMA (rules/llm.smk)
+        out += llm_targets()
     return out
 
 
@@ -271,11 +284,11 @@ def benchmark_files(variants=("default",)):
     modes = sorted({"tuning", eval_mode()})
     run = "{variant}/{task}/seed{seed}"
     kw = dict(variant=variants, task=config["tasks"], seed=config["seeds"])
-    anchor_step = (
-        "pretrain_anchor"
-        if config["anchors"]["source"] == "pretrain"
-        else "register_weights"
-    )
+    anchor_step = {
+        "pretrain": "pretrain_anchor",
+        "shipped": "install_shipped_anchor",
+        "files": "register_weights",
+    }[config["anchors"]["source"]]
     files = expand(f"{B}/{anchor_step}/{config['family']}/anchor{{i}}.tsv", i=ANCHORS)
     files += expand(f"{B}/register_data/{{task}}.tsv", task=EXTERNAL)
     files += expand(
@@ -296,4 +309,68 @@ def benchmark_files(variants=("default",)):
         method=METHODS,
         **kw,
     )
+    if config["llm"]["enabled"]:
+        files += llm_benchmark_files()
+    return files
+
+
+# ------------------------------------------------------------------------------------------------
+# Stitched LLaMA (rules/llm.smk, spec §11)
+LLM = config["llm"]
+L = f"{R}/llm"
+LLM_ANCHORS = list(range(2))  # a pair, small first (spec §11)
+LLM_PRETRAIN = LLM["anchors"]["source"] == "pretrain"
+LLM_FOLDERS = (
+    [f"{L}/anchors/anchor{i}" for i in LLM_ANCHORS]
+    if LLM_PRETRAIN
+    else (LLM["anchors"]["folders"] or [None, None])
+)
+LLM_VARIANTS = ["default"] + (["no_biases"] if LLM["ablate_biases"] else [])
+LLM_CODE = code(
+    "llm/anchors",
+    "llm/stitch",
+    "llm/tuning",
+    "llm/data",
+    "llm/build",
+    "lstsq",
+    "vit/stitch",
+    "vit/build",
+)
+LLM_SPLITS = ["pretrain_train", "pretrain_test", "train", "test"]
+
+
+def llm_pst(w):
+    """PST settings of an LLM variant: `no_biases` is shared LoRA without stitch biases."""
+    return dict(
+        LLM["pst"],
+        stitch_biases=LLM["pst"]["stitch_biases"] and w.get("variant") != "no_biases",
+    )
+
+
+def llm_anchor_info():
+    return expand(f"{L}/anchors/anchor{{i}}.json", i=LLM_ANCHORS)
+
+
+def llm_targets():
+    """What `rule all` builds when llm.enabled (the figure needs every other LLM result)."""
+    out = [f"{R}/tables/llm_pareto.csv", f"{R}/tables/llm_stitches.csv"]
+    return out + expand(f"{R}/figures/llm_pareto.{{ext}}", ext=["pdf", "png"])
+
+
+def llm_benchmark_files():
+    """The benchmark file of every heavy LLM job, for merge_benchmarks."""
+    B = f"{R}/benchmarks"
+    step = "llm_pretrain_anchor" if LLM_PRETRAIN else "llm_register_anchor"
+    files = expand(f"{B}/{step}/anchor{{i}}.tsv", i=LLM_ANCHORS) + [
+        f"{B}/llm_ls_init.tsv"
+    ]
+    kw = dict(variant=LLM_VARIANTS, seed=config["seeds"])
+    for step in ("llm_train_esta", "llm_evaluate", "llm_export"):
+        files += expand(f"{B}/{step}/{{variant}}/seed{{seed}}.tsv", **kw)
+    for step in ("llm_adapt_anchor", "llm_evaluate_anchor"):
+        files += expand(
+            f"{B}/{step}/seed{{seed}}/anchor{{i}}.tsv",
+            seed=config["seeds"],
+            i=LLM_ANCHORS,
+        )
     return files

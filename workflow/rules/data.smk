@@ -23,7 +23,8 @@ rule prepare_data:
     conda:
         "../envs/esta.yaml"
     params:
-        data=config["data"],
+        # only what rendering reads: data.normalize or num_workers must not re-render the suite
+        data={k: config["data"][k] for k in ("seed", "n_train", "n_val", "n_test")},
         folder=lambda w, output: os.path.dirname(output[0]),
     script:
         "../scripts/prepare_data.py"
@@ -54,7 +55,7 @@ rule register_data:
 
 rule prepare_upstream:
     input:
-        code=code("vit/data", "vit/embedded"),
+        code=code("vit/data", "vit/embedded", "vit/upstream"),
     output:
         f"{R}/data/upstream/manifest.json",
     log:
@@ -62,7 +63,11 @@ rule prepare_upstream:
     conda:
         "../envs/esta.yaml"
     params:
-        pretrain=config["anchors"]["pretrain"],
+        # only what rendering reads: the pretraining schedule must not re-render the set
+        pretrain={
+            k: config["anchors"]["pretrain"][k]
+            for k in ("upstream", "n_classes", "n_per_class", "n_val_per_class")
+        },
         seed=config["data"]["seed"],
         folder=lambda w, output: os.path.dirname(output[0]),
     script:

@@ -6,6 +6,7 @@ TRAIN_CODE = code(
     "train",
     "vit/build",
     "vit/data",
+    "pareto",
 )
 
 
@@ -14,6 +15,7 @@ rule train_esta:
         anchors=anchor_files,
         stitch=esta_stitch_init(),
         data=f"{R}/data/{{task}}/manifest.json",
+        stitches=f"{R}/tables/stitches.csv",
         code=TRAIN_CODE,
     output:
         model=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/model.safetensors",
@@ -34,8 +36,11 @@ rule train_esta:
         method=lambda w: method_config(w.variant)["esta"],
         train=lambda w: method_config(w.variant)["esta"]["train"],
         sampler=lambda w: method_config(w.variant)["esta"]["sampler"],
+        intervals=lambda w: method_config(w.variant)["deploy"]["intervals"],
         img_size=config["data"]["img_size"],
         num_workers=config["data"]["num_workers"],
+        normalize=config["data"]["normalize"],
+        fgvc_interpolation=config["data"]["fgvc_interpolation"],
         device=config["device"],
         checkpoint_every_s=config["checkpoint_every_s"],
         ckpt_dir=lambda w: f"{R}/.checkpoints/esta/{w.variant}/{w.task}/seed{w.seed}/{w.mode}",
@@ -52,7 +57,7 @@ rule select_esta:
         stitch=esta_stitch_init("tuning"),
         model=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/model.safetensors",
         data=f"{R}/data/{{task}}/manifest.json",
-        code=code("sampling", "pareto", "vit/build"),
+        code=code("sampling", "pareto", "vit/build", "vit/data"),
     output:
         f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/deployed.csv",
     log:
@@ -66,7 +71,26 @@ rule select_esta:
         torch_threads=config["threads"],
         family=config["family"],
         deploy=lambda w: method_config(w.variant)["deploy"],
+        refresh=lambda w: method_config(w.variant)["deploy"]["importance_refresh"],
         method=lambda w: method_config(w.variant)["esta"],
         img_size=config["data"]["img_size"],
+        normalize=config["data"]["normalize"],
+        fgvc_interpolation=config["data"]["fgvc_interpolation"],
     script:
         "../scripts/select_esta.py"
+
+
+use rule select_esta as select_esta_by with:
+    """The same deployment with importance as training left it (`trained`) or refreshed on one fixed
+    training batch (`refreshed`), whatever the config says: the selection ablation compares them.
+    """
+    output:
+        f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/deployed_{{how}}.csv",
+    log:
+        f"{R}/logs/select_esta/{{variant}}/{{task}}/seed{{seed}}_{{how}}.log",
+    benchmark:
+        f"{R}/benchmarks/select_esta/{{variant}}/{{task}}/seed{{seed}}_{{how}}.tsv"
+    wildcard_constraints:
+        how="trained|refreshed",
+    params:
+        refresh=lambda w: w.how == "refreshed",

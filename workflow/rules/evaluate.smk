@@ -23,6 +23,8 @@ rule evaluate_stitches:
         img_size=config["data"]["img_size"],
         batch_size=config["eval"]["batch_size"],
         num_workers=config["data"]["num_workers"],
+        normalize=config["data"]["normalize"],
+        fgvc_interpolation=config["data"]["fgvc_interpolation"],
         device=config["device"],
     script:
         "../scripts/evaluate_stitches.py"
@@ -50,6 +52,9 @@ rule evaluate_deployed:
         method=lambda w: method_config(w.variant),
         img_size=config["data"]["img_size"],
         batch_size=config["eval"]["batch_size"],
+        num_workers=config["data"]["num_workers"],
+        normalize=config["data"]["normalize"],
+        fgvc_interpolation=config["data"]["fgvc_interpolation"],
         device=config["device"],
     script:
         "../scripts/evaluate_deployed.py"
@@ -60,7 +65,7 @@ rule export_deployed:
     input:
         unpack(model_inputs),
         accuracy=f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/test_accuracy.csv",
-        code=code("vit/export", "vit/build"),
+        code=code("vit/export", "vit/build", "vit/data"),
     output:
         directory(f"{R}/{{method}}/{{variant}}/{{task}}/deployed/seed{{seed}}"),
     log:
@@ -75,6 +80,8 @@ rule export_deployed:
         family=config["family"],
         method=lambda w: method_config(w.variant),
         img_size=config["data"]["img_size"],
+        normalize=config["data"]["normalize"],
+        fgvc_interpolation=config["data"]["fgvc_interpolation"],
         mode=eval_mode(),
     script:
         "../scripts/export_deployed.py"
@@ -91,7 +98,13 @@ rule task_metrics:
             f"{R}/{{{{method}}}}/{{{{variant}}}}/{{{{task}}}}/seed{{seed}}/tuning/train.json",
             seed=config["seeds"],
         ),
+        # the run whose model gave test_accuracy (final mode with retrain_final)
+        eval_train=expand(
+            f"{R}/{{{{method}}}}/{{{{variant}}}}/{{{{task}}}}/seed{{seed}}/{eval_mode()}/train.json",
+            seed=config["seeds"],
+        ),
         stitches=f"{R}/tables/stitches.csv",
+        code=code("vit/metrics", "info"),
     output:
         f"{R}/{{method}}/{{variant}}/{{task}}/metrics.csv",
     log:

@@ -1,16 +1,24 @@
 rule snnet_adapt:
-    """SN-Net step 1: fine-tune one anchor fully on the task."""
+    """SN-Net step 1: fine-tune one anchor fully on the task. With method `scratch` the same
+    recipe trains the anchor from random init: the control that shows what pretraining is worth.
+    """
     input:
-        anchor=f"{R}/anchors/{config['family']}/anchor{{i}}.safetensors",
+        anchor=lambda w: (
+            f"{R}/anchors/{config['family']}/anchor{w.i}.safetensors"
+            if w.method == "snnet"
+            else []
+        ),
         data=f"{R}/data/{{task}}/manifest.json",
         code=TRAIN_CODE,
     output:
-        weights=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/adapt/anchor{{i}}.safetensors",
-        info=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/adapt/anchor{{i}}.json",
+        weights=f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/adapt/anchor{{i}}.safetensors",
+        info=f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/adapt/anchor{{i}}.json",
     log:
-        f"{R}/logs/snnet_adapt/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/anchor{{i}}.log",
+        f"{R}/logs/{{method}}_adapt/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/anchor{{i}}.log",
     benchmark:
-        f"{R}/benchmarks/snnet_adapt/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/anchor{{i}}.tsv"
+        f"{R}/benchmarks/{{method}}_adapt/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/anchor{{i}}.tsv"
+    wildcard_constraints:
+        method="snnet|scratch",
     conda:
         "../envs/esta.yaml"
     threads: heavy_threads()
@@ -20,9 +28,12 @@ rule snnet_adapt:
         train=lambda w: method_config(w.variant)["snnet"]["adapt"],
         img_size=config["data"]["img_size"],
         num_workers=config["data"]["num_workers"],
+        normalize=config["data"]["normalize"],
+        fgvc_interpolation=config["data"]["fgvc_interpolation"],
         device=config["device"],
         checkpoint_every_s=config["checkpoint_every_s"],
-        ckpt_dir=lambda w: f"{R}/.checkpoints/snnet/{w.variant}/{w.task}/seed{w.seed}/{w.mode}/adapt{w.i}",
+        ckpt_dir=lambda w: f"{R}/.checkpoints/{w.method}/{w.variant}/{w.task}/seed{w.seed}/{w.mode}/adapt{w.i}",
+        evaluate_test=True,
     script:
         "../scripts/train_anchor.py"
 
@@ -40,7 +51,6 @@ rule snnet_stitch:
     output:
         model=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/model.safetensors",
         history=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/train_log.csv",
-        stats=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/importance.csv",
         info=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/train.json",
     log:
         f"{R}/logs/snnet_stitch/{{variant}}/{{task}}/seed{{seed}}/{{mode}}.log",
@@ -57,6 +67,8 @@ rule snnet_stitch:
         sampler={"kind": "uniform"},
         img_size=config["data"]["img_size"],
         num_workers=config["data"]["num_workers"],
+        normalize=config["data"]["normalize"],
+        fgvc_interpolation=config["data"]["fgvc_interpolation"],
         device=config["device"],
         checkpoint_every_s=config["checkpoint_every_s"],
         ckpt_dir=lambda w: f"{R}/.checkpoints/snnet/{w.variant}/{w.task}/seed{w.seed}/{w.mode}/stitch",
@@ -69,7 +81,7 @@ rule snnet_deploy:
     input:
         accuracy=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/tuning/stitch_accuracy_selection.csv",
         stitches=f"{R}/tables/stitches.csv",
-        code=code("sampling", "pareto"),
+        code=code("pareto"),
     output:
         f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/tuning/deployed.csv",
     log:

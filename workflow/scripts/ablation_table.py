@@ -1,7 +1,7 @@
 """One ablation of ESTA (spec §9) as deployed-stitch curves, averaged over the ablation tasks:
 `bias`, `sampling`, `rank` compare variants (each trained by the same rules); `selection` compares
-two deployments of the default model: by training-time importance (one stage) and by evaluating
-every stitch on the selection split."""
+three deployments of the default model: by importance as training left it and refreshed on one fixed
+batch (both one stage), and by evaluating every stitch on the selection split."""
 
 import json
 
@@ -28,8 +28,10 @@ def label(variant: str) -> str:
 if name == "selection":
     stitches = pd.read_csv(inp.stitches)
     frames = []
-    for (task, seed), dep, sel, test, train in zip(p.runs, inp.deployed, inp.selection, inp.test, inp.train):
-        d = selection_ablation(stitches, pd.read_csv(dep), pd.read_csv(sel), pd.read_csv(test), p.intervals)
+    for (task, seed), trained, refreshed, sel, test, train in zip(p.runs, inp.trained, inp.refreshed, inp.selection,
+                                                                 inp.test, inp.train):
+        deployments = {"importance": pd.read_csv(trained), "importance, refreshed": pd.read_csv(refreshed)}
+        d = selection_ablation(stitches, deployments, pd.read_csv(sel), pd.read_csv(test), p.intervals)
         trainable = json.loads(open(train).read())["trainable_params"]
         frames.append(d.assign(task=task, seed=seed, method="esta", trainable_params=trainable))
     deployed = pd.concat(frames, ignore_index=True).rename(columns={"selection": "label"})

@@ -1,4 +1,5 @@
-"""Accuracy of the deployed stitches per task and per group, mean ± std over seeds (spec §9)."""
+"""Accuracy of the deployed stitches per task and per group, mean ± std over seeds (spec §9), beside
+the anchors trained alone from pretrained weights (`anchor_ft`) and from scratch (`scratch`)."""
 
 import pandas as pd
 
@@ -7,7 +8,9 @@ from esta.vit.data import GROUPS
 from esta.pareto import accuracy_by_group, accuracy_by_task
 
 runtime.start_job(snakemake)
-deployed = pd.read_csv(snakemake.input[0])
+deployed = pd.read_csv(snakemake.input.deployed)
 deployed = deployed[deployed["variant"] == "default"]
+# rows anchor_ft / scratch: the three anchors fine-tuned alone, from pretrained weights / from scratch
+deployed = pd.concat([deployed, pd.read_csv(snakemake.input.controls)], ignore_index=True)
 runtime.write_csv(accuracy_by_task(deployed), snakemake.output.by_task)
 runtime.write_csv(accuracy_by_group(deployed, GROUPS), snakemake.output.by_group)

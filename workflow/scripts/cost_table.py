@@ -9,15 +9,14 @@ stitches needs (``esta.analysis.stored_params``: task-specific, and with the pre
 A `total` row per method sums the wall time and takes the peak memory and parameters maxima."""
 
 import pandas as pd
-import torch
 
 from esta import runtime
-from esta.vit.tuning import make_tunable, count_trainable
 from esta.analysis import stored_params
-from esta.vit.anchors import build_family, family_at
+from esta.info import meta_stitched
+from esta.vit.anchors import family_at
 from esta.vit.build import tuning_config
 from esta.vit.data import task_info
-from esta.vit.stitch import StitchedViT
+from esta.vit.tuning import count_trainable
 
 log = runtime.start_job(snakemake)
 p = snakemake.params
@@ -35,18 +34,11 @@ STEPS = {
     ("snnet", "deploy"): [("evaluate_stitches", "snnet/default/"), ("snnet_deploy", "default/")],
 }
 
-
-def model(method: str, num_classes: int):
-    with torch.device("meta"):
-        return tuning_config(method, p.method[method]), StitchedViT(build_family(fam, num_classes))
-
-
 counts = []  # per method, task, seed: trainable and stored parameters after each step
 for (method, task, seed), d in deployed.groupby(["method", "task", "seed"]):
     classes = task_info(task).num_classes
-    cfg, net = model(method, classes)
-    with torch.device("meta"):
-        m = make_tunable(net, cfg)
+    m = meta_stitched(fam, classes, tuning_config(method, p.method[method]))
+    net = m.net
     trained = count_trainable(m)
     stored = stored_params(m, d["stitch_id"].tolist())
     anchors = sum(p_.numel() for a in net.anchors for p_ in a.parameters())

@@ -4,7 +4,7 @@ step, spec §7); anchors always."""
 import pandas as pd
 
 from esta import runtime
-from esta.sampling import select_deployed
+from esta.pareto import select_deployed
 
 log = runtime.start_job(snakemake)
 stitches = pd.read_csv(snakemake.input.stitches)

@@ -17,7 +17,10 @@ split = mode_splits(w.task, "tuning")[1] if w.split == "selection" else mode_spl
 model = assemble(family_at(p.family, p.img_size), manifest["num_classes"], inp.anchors, inp.stitch,
                  tuning_config(w.method, p.method[w.method]), state_file=inp.model)
 device = pick_device(p.device)
-acc = evaluate(model, open_task(manifest, split, p.img_size, p.num_workers), batch_size=p.batch_size, device=device)
-table = pd.DataFrame(dict(stitch_id=list(acc), accuracy=list(acc.values()), split=split))
+data = open_task(manifest, split, p.img_size, p.num_workers, normalize=p.normalize, family=p.family,
+                 fgvc_interpolation=p.fgvc_interpolation)
+acc = evaluate(model, data, batch_size=p.batch_size, device=device, num_workers=p.num_workers)
+table = pd.DataFrame(dict(stitch_id=list(acc), accuracy=list(acc.values()), split=split,
+                          normalize=p.normalize, fgvc_interpolation=p.fgvc_interpolation))
 log.info("%s: accuracy of %d stitches on %s, best %.4f", w.method, len(table), split, table["accuracy"].max())
 runtime.write_csv(table.rename(columns={"accuracy": f"{w.split}_accuracy"}), snakemake.output[0])

@@ -6,7 +6,7 @@ import pandas as pd
 
 from esta import runtime
 from esta.vit.build import tuning_config, anchor_arch, assemble, load_tensors_file
-from esta.vit.data import task_info
+from esta.vit.data import describe_transform, task_info
 from esta.vit.anchors import family_at
 from esta.vit.export import export_stitch
 
@@ -17,11 +17,13 @@ deployed = pd.read_csv(inp.accuracy)
 model = assemble(fam, task_info(w.task).num_classes, inp.anchors, inp.stitch,
                  tuning_config(w.method, p.method[w.method]), state_file=inp.model)
 trained = load_tensors_file(inp.model)[1]
+# a standalone stitch must say how its inputs are prepared (config keys data.normalize, data.fgvc_interpolation)
+transform = dict(img_size=p.img_size, **describe_transform(p.normalize, p.family, p.fgvc_interpolation))
 out = Path(snakemake.output[0])
 files = []
 for row in deployed.itertuples():
     prov = dict(method=w.method, variant=w.variant, task=w.task, seed=int(w.seed), trained_in=p.mode,
-                test_accuracy=row.test_accuracy, training=trained)
+                test_accuracy=row.test_accuracy, transform=transform, training=trained)
     files.append(export_stitch(model, int(row.stitch_id), out, anchor_arch(fam), prov).name)
 deployed["file"] = files
 runtime.write_csv(deployed, out / "index.csv")

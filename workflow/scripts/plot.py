@@ -15,8 +15,10 @@ import seaborn as sns  # noqa: E402
 from esta import runtime  # noqa: E402
 
 runtime.start_job(snakemake)
-LABEL = {"esta": "ESTA", "snnet": "SN-Net"}
-COLOR = {"esta": "C3", "snnet": "C0"}
+LABEL = {"esta": "ESTA", "snnet": "SN-Net", "anchor_ft": "each anchor fine-tuned alone",
+         "scratch": "each anchor trained from scratch"}
+COLOR = {"esta": "C3", "snnet": "C0", "anchor_ft": "C2", "scratch": "C7"}
+CONTROLS = ("anchor_ft", "scratch")  # anchors-only reference runs, drawn as dashed lines
 sns.set_theme(style="whitegrid", context="paper")
 df = pd.read_csv(snakemake.input.table)
 name = Path(snakemake.output.pdf).stem
@@ -28,6 +30,11 @@ def curves(ax, df, key, label_of, colors=None):
     """Deployed-stitch curves with error bars and anchor stars, one per value of ``key``."""
     for i, (value, g) in enumerate(df.groupby(key, sort=False)):
         color = (colors or {}).get(value, f"C{i}")
+        if value in CONTROLS:
+            g = g.sort_values("gmacs")
+            ax.errorbar(g["gmacs"], 100 * g["accuracy"], yerr=100 * g["accuracy_std"], marker="x", ms=6, lw=1,
+                        ls="--", capsize=2, color=color, label=LABEL[value])
+            continue
         line = g[~g["anchor"]].sort_values("gmacs")
         ax.errorbar(line["gmacs"], 100 * line["accuracy"], yerr=100 * line["accuracy_std"], marker="o", ms=4,
                     lw=1.5, capsize=2, color=color, label=label_of(value, g))
@@ -45,6 +52,52 @@ if name.startswith("pareto_"):
     curves(ax, df, "method", lambda m, g: f"{LABEL.get(m, m)} ({g['trainable_params'].iloc[0] / 1e6:.2f} M trainable)",
            COLOR)
     ax.set_title("Mean over tasks" if name == "pareto_all" else df["task"].iloc[0])
+elif name == "llm_pareto":
+    # Stitched LLaMA: held-out NLL and exact match against stitch parameters, ESTA's deployed
+    # stitches (per variant) vs each anchor adapted alone; anchors as stars.
+    llm_label = {"esta": "ESTA (shared LoRA + stitch biases)", "esta_no_biases": "ESTA, shared LoRA only",
+                 "anchor_ft": "each anchor adapted alone"}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (col, ylabel) in zip(axes, [("nll", "held-out response NLL"), ("em", "exact match (%)")]):
+        scale = 100 if col == "em" else 1
+        for i, (m, g) in enumerate(df.groupby("method", sort=False)):
+            g = g.sort_values("params")
+            color = {"esta": "C3", "anchor_ft": "C2"}.get(m, f"C{i + 4}")
+            ls = "--" if m == "anchor_ft" else "-"
+            ax.errorbar(g["params"] / 1e6, scale * g[col], yerr=scale * g[f"{col}_std"], marker="o", ms=4, lw=1.5,
+                        ls=ls, capsize=2, color=color, label=llm_label.get(m, m))
+            a = g[g["anchor"]]
+            ax.scatter(a["params"] / 1e6, scale * a[col], marker="*", s=160, color=color, edgecolor="black",
+                       linewidths=0.6, zorder=5)
+        ax.scatter([], [], marker="*", s=120, color="grey", edgecolor="black", label="anchors")
+        ax.set_xlabel("parameters (M)")
+        ax.set_ylabel(ylabel)
+    rho = df[df["method"] == "esta"]["spearman_params_em"].iloc[0] if (df["method"] == "esta").any() else float("nan")
+    axes[1].set_title(f"ESTA: Spearman rho(params, EM) = {rho:.2f}")
+    axes[0].set_title(f"Stitched LLaMA ({df['n_seeds'].max()} seeds)")
+    axes[1].legend(loc="best", fontsize=7)
+elif name == "visits":
+    # Training visits of every stitch (mean over tasks and seeds) against its cost: does every
+    # deployed stitch get trained enough?
+    methods = list(dict.fromkeys(df["method"]))
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.5 * len(methods), 3.6), squeeze=False, sharey=True)
+    for ax, m in zip(axes.flat, methods):
+        g = df[df["method"] == m]
+        chosen = g["deployed_runs"] > 0
+        rest, dep = g[~chosen], g[chosen & ~g["anchor"]]
+        ax.scatter(rest["gmacs"], rest["visits"], s=14, color="lightgrey", edgecolor="grey", linewidths=0.4,
+                   label="not deployed")
+        ax.scatter(dep["gmacs"], dep["visits"], s=22, color=COLOR.get(m, "C0"), label="deployed")
+        a = g[g["anchor"]]
+        ax.scatter(a["gmacs"], a["visits"], marker="*", s=160, color=COLOR.get(m, "C0"), edgecolor="black",
+                   linewidths=0.6, zorder=5, label="anchors")
+        ax.axhline(10, color="black", lw=0.8, ls=":", label="10 visits")
+        ax.set_yscale("log")
+        ax.set_xlabel("FLOPs (GMACs)")
+        ax.set_ylabel("training visits (mean over tasks, seeds)")
+        fewest = g.loc[chosen, "deployed_visits_min"].min()
+        ax.set_title(f"{LABEL.get(m, m)}: a deployed stitch had ≥ {fewest:.0f} visits")
+        ax.legend(loc="lower right", fontsize=7)
 elif name.startswith("ablation_"):
     fig, ax = plt.subplots(figsize=(5.5, 4))
     curves(ax, df, "label", lambda v, g: f"{v}: mean {100 * g['mean_accuracy'].iloc[0]:.1f} %")

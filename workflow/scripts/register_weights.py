@@ -19,8 +19,8 @@ if p.weights_root is None or p.file is None:
                      f"anchors.weights (one file per anchor, small to large), e.g. --config weights_root=/path")
 path = Path(p.weights_root).expanduser().resolve() / p.file
 t0 = time.monotonic()
-# the stored head is kept (stored_classes = pretrained_classes) so the file is checked whole
-anchor = build_anchor(spec, spec.pretrained_classes, path)
+# the stored head is kept (pretrained_classes outputs) so the file is checked and stored whole
+anchor = build_anchor(spec, spec.pretrained_classes, path, keep_head=True)
 source = dict(file=str(path), bytes=path.stat().st_size, sha256=runtime.file_digest(path))
 meta = dict(anchor=spec.name, timm_name=spec.timm_name, kwargs=spec.kwargs, num_classes=spec.pretrained_classes,
             source=source)

@@ -1,11 +1,15 @@
-"""The configured family's stitch table: ids, positions, depth, MACs and parameters per stitch."""
+"""The configured family's stitch table: ids, positions, depth, MACs and parameters per stitch.
+
+``macs``/``gmacs``/``params`` include the head of the first task (``head_classes``); the head-free
+columns and the head's cost per class let every task add its own head (esta.vit.metrics.with_task_head).
+Deployment intervals use MACs without the head."""
 
 from esta import runtime
 from esta.vit.anchors import family_at
 from esta.vit.data import task_info
-from esta.info import stitch_table
+from esta.vit.metrics import head_split
 
 runtime.start_job(snakemake)
-# MACs and parameters with the head of the first task; deployment intervals use MACs without head.
-classes = task_info(snakemake.params.tasks[0]).num_classes
-runtime.write_csv(stitch_table(family_at(snakemake.params.family, snakemake.params.img_size), classes), snakemake.output[0])
+p = snakemake.params
+classes = task_info(p.tasks[0]).num_classes
+runtime.write_csv(head_split(family_at(p.family, p.img_size), classes), snakemake.output[0])

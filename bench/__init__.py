@@ -1,0 +1,1 @@
+"""Performance benchmarks of esta (``python bench/run.py``); see bench/run.py."""

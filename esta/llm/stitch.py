@@ -1,0 +1,253 @@
+"""Stitched LLaMA: decoder anchors of different width *and depth* joined by linear stitching layers
+(spec §11; the ViT counterpart is ``esta.vit.stitch``).
+
+A stitch runs the front anchor's ``embed_tokens`` and decoder layers ``0..j``, a stitching linear
+``d_f -> d_e``, the end anchor's layers ``k..L_e-1``, its final norm and its ``lm_head``. Positions
+follow the depth-preserving rule ``k = round((j+1)·L_e/L_f)`` for ``j = 0..L_f-2`` (32 -> 40 layers:
+31 stitches, one stitching layer each); for anchors of equal depth SN-Net's paired window rule
+(spec §2, shared stitching layers) is an option. Ids ``0..A-1`` are the anchors (small first), then
+each neighbouring pair's positions.
+
+The forward goes through the HF modules themselves (transformers 5.x): each anchor applies its own
+rotary embedding and its own causal mask from ``create_causal_mask`` (which also masks padding),
+left padding gets ``position_ids = cumsum(mask) - 1``, and generation keeps one KV cache per anchor
+(attention layers write at their own ``layer_idx``, so one shared cache would collide).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
+from transformers.cache_utils import DynamicCache
+from transformers.masking_utils import create_causal_mask
+
+# The table row (stitch_id, front, end, j, k, layer, depth = layers run) and SN-Net's window rule
+# are the vision family's, unchanged.
+from esta.lstsq import affine_lstsq
+from esta.vit.stitch import Stitch, window_positions
+
+__all__ = ["depth_positions", "enumerate_stitches", "StitchedLlama", "positions_from_mask", "ls_init"]
+
+RULES = ("depth", "paired")
+
+
+def depth_positions(front_layers: int, end_layers: int) -> list[tuple[int, int, int]]:
+    """(j, k, layer) of the depth-preserving rule: front layer j feeds end layer
+    ``k = round((j+1)·L_e/L_f)``, every position with its own stitching layer."""
+    out = []
+    for j in range(front_layers - 1):
+        k = round((j + 1) * end_layers / front_layers)
+        if k >= end_layers:  # the end anchor is much shallower: nothing of it would run
+            continue
+        out.append((j, k, len(out)))
+    return out
+
+
+def enumerate_stitches(depths: list[int], rule: str = "depth") -> list[Stitch]:
+    """The stitch table of anchors with ``depths`` (small first) under ``rule``."""
+    if rule not in RULES:
+        raise ValueError(f"stitch rule must be one of {RULES}, got {rule!r}")
+    table = [Stitch(a, a, a, -1, -1, -1, d) for a, d in enumerate(depths)]
+    for p in range(len(depths) - 1):
+        lf, le = depths[p], depths[p + 1]
+        if rule == "paired":
+            if lf != le:
+                raise ValueError(f"the paired rule needs anchors of equal depth, got {lf} and {le} layers")
+            positions = window_positions(lf)
+        else:
+            positions = depth_positions(lf, le)
+        for j, k, layer in positions:
+            table.append(Stitch(len(table), p, p + 1, j, k, layer, j + 1 + le - k))
+    return table
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions of left-padded rows: ``cumsum(mask) - 1``, pads set to 1 as HF's generate does."""
+    return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+
+
+class StitchedLlama(nn.Module):
+    """Anchors plus the stitching layers of every neighbouring pair; ``forward(ids, mask, stitch_id)``.
+
+    The stitch is an argument, never stored state. ``overrides`` maps qualified parameter names to
+    tensors used in their place for one call (``torch.func.functional_call`` layer by layer); PST
+    passes each stitch's own biases this way. With ``checkpointing`` each decoder layer is recomputed
+    in backward (non-reentrant, so the overrides are applied again on recomputation).
+    """
+
+    def __init__(self, anchors: list[nn.Module], rule: str = "depth", checkpointing: bool = False):
+        super().__init__()
+        self.anchors = nn.ModuleList(anchors)
+        self.rule = rule
+        self.checkpointing = checkpointing
+        self.table = enumerate_stitches([a.config.num_hidden_layers for a in anchors], rule)
+        widths = [a.config.hidden_size for a in anchors]
+        self.stitch_layers = nn.ModuleList()
+        for p in range(len(anchors) - 1):
+            n_layers = 1 + max((s.layer for s in self.table if s.front == p and not s.is_anchor), default=-1)
+            self.stitch_layers.append(nn.ModuleList(nn.Linear(widths[p], widths[p + 1]) for _ in range(n_layers)))
+
+    num_stitches = property(lambda self: len(self.table))
+
+    def stitch(self, stitch_id: int) -> Stitch:
+        """The table row of ``stitch_id``; an unknown id is an error naming the valid range."""
+        if stitch_id in range(len(self.table)):
+            return self.table[stitch_id]
+        raise ValueError(f"stitch id {stitch_id} is not in 0..{len(self.table) - 1} ({len(self.table)} stitches)")
+
+    def segments(self, stitch_id: int) -> list[tuple[int, range]]:
+        """(anchor, decoder layers) run by a stitch, in order."""
+        s = self.stitch(stitch_id)
+        if s.is_anchor:
+            return [(s.front, range(s.depth))]
+        return [(s.front, range(s.j + 1)), (s.end, range(s.k, self.anchors[s.end].config.num_hidden_layers))]
+
+    def path_prefixes(self, stitch_id: int) -> list[str]:
+        """Qualified-name prefixes of every module a stitch runs through."""
+        s = self.stitch(stitch_id)
+        out = [f"anchors.{s.front}.model.embed_tokens."]
+        for a, layers in self.segments(stitch_id):
+            out += [f"anchors.{a}.model.layers.{i}." for i in layers]
+        if not s.is_anchor:
+            out.append(f"stitch_layers.{s.front}.{s.layer}.")
+        return out + [f"anchors.{s.end}.model.norm.", f"anchors.{s.end}.lm_head."]
+
+    def on_path(self, name: str, stitch_id: int) -> bool:
+        return any(name.startswith(p) for p in self.path_prefixes(stitch_id))
+
+    def new_caches(self) -> list[DynamicCache]:
+        """One empty KV cache per anchor."""
+        return [DynamicCache(config=a.config) for a in self.anchors]
+
+    def _decode(self, anchor: int, layers: range, h, attention_mask, position_ids, caches, overrides):
+        """Run decoder ``layers`` of one anchor with its own rotary embedding and causal mask."""
+        model = self.anchors[anchor].model
+        cache = None if caches is None else caches[anchor]
+        mask = create_causal_mask(config=model.config, inputs_embeds=h, attention_mask=attention_mask,
+                                  cache=cache, position_ids=position_ids, layer_idx=layers.start)
+        pe = model.rotary_emb(h, position_ids)
+        for i in layers:
+            prefix = f"anchors.{anchor}.model.layers.{i}."
+            mine = {n[len(prefix):]: t for n, t in overrides.items() if n.startswith(prefix)}
+            kwargs = dict(attention_mask=mask, position_embeddings=pe, position_ids=position_ids,
+                          cache=cache, use_cache=cache is not None)
+            layer = model.layers[i]
+            if self.checkpointing and torch.is_grad_enabled():
+                h = checkpoint(functional_call, layer, mine, (h,), kwargs, use_reentrant=False)
+            else:
+                h = functional_call(layer, mine, (h,), kwargs)
+        return h
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, stitch_id: int,
+                position_ids: torch.Tensor | None = None, caches: list[DynamicCache] | None = None,
+                overrides: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits (B, T, V) of stitch ``stitch_id``. ``attention_mask`` (B, past + T) is 1 on tokens,
+        0 on (left) padding; ``position_ids`` default to ``positions_from_mask`` of its last T columns."""
+        s = self.stitch(stitch_id)
+        overrides = overrides or {}
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask)[:, -input_ids.shape[1]:]
+        h = self.anchors[s.front].model.embed_tokens(input_ids)
+        for n, (anchor, layers) in enumerate(self.segments(stitch_id)):
+            if n == 1:  # crossing from the front to the end anchor
+                prefix = f"stitch_layers.{s.front}.{s.layer}."
+                mine = {k[len(prefix):]: t for k, t in overrides.items() if k.startswith(prefix)}
+                h = functional_call(self.stitch_layers[s.front][s.layer], mine, (h,))
+            h = self._decode(anchor, layers, h, attention_mask, position_ids, caches, overrides)
+        end = self.anchors[s.end]
+        return end.lm_head(end.model.norm(h))
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, stitch_id: int,
+                 max_new_tokens: int, use_cache: bool = True, eos_token_id: int | None = None,
+                 pad_token_id: int | None = None, overrides: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Greedy decoding from left-padded prompts; returns (B, T + new) like HF's ``generate``.
+        Rows that emitted ``eos_token_id`` continue with ``pad_token_id`` (default: eos)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        pad = eos_token_id if pad_token_id is None else pad_token_id
+        caches = self.new_caches() if use_cache else None
+        seq, mask = input_ids, attention_mask
+        done = torch.zeros(seq.shape[0], dtype=torch.bool, device=seq.device)
+        step_ids = seq
+        for _ in range(max_new_tokens):
+            pos = positions_from_mask(mask)[:, -step_ids.shape[1]:]
+            logits = self(step_ids, mask, stitch_id, position_ids=pos, caches=caches, overrides=overrides)
+            nxt = logits[:, -1].argmax(-1)
+            if eos_token_id is not None:
+                nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+                done |= nxt == eos_token_id
+            seq = torch.cat([seq, nxt[:, None]], dim=1)
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            step_ids = nxt[:, None] if use_cache else seq
+            if eos_token_id is not None and done.all():
+                break
+        return seq
+
+
+# ---------------------------------------------------------------------------------------------
+# Least-squares initialisation (spec §11 "LS init")
+
+
+def self_or_base(module: nn.Module) -> nn.Module:
+    """The plain ``nn.Linear`` under a peft LoRA wrapper (or the module itself)."""
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
+
+
+@torch.no_grad()
+def _layer_inputs(net: StitchedLlama, anchor: int, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """Residual stream of one anchor at its non-pad tokens, each (tokens, d): ``[i]`` is the input of
+    layer i (the embeddings for i = 0) and ``[L]`` the last layer's output *before* the final norm.
+    This is HF's ``output_hidden_states`` except its last entry, which HF gives after the norm; the
+    paired rule's j = L-1 positions need the stream itself."""
+    model = net.anchors[anchor].model
+    pos = positions_from_mask(attention_mask)
+    h = model.embed_tokens(input_ids)
+    keep = attention_mask.bool()
+    out = [h[keep].float().cpu()]
+    for i in range(model.config.num_hidden_layers):
+        h = net._decode(anchor, range(i, i + 1), h, attention_mask, pos, None, {})
+        out.append(h[keep].float().cpu())
+    return out
+
+
+@torch.no_grad()
+def ls_init(net: StitchedLlama, batches: list[tuple[torch.Tensor, torch.Tensor]], ridge: float = 0.0,
+            max_tokens: int | None = 4096) -> dict[int, float]:
+    """Initialise every stitching layer by least squares on training tokens (anchors in eval mode).
+
+    For position (j, k): X = the front's output of layer j, Y = the end's input of layer k (HF's
+    ``hidden_states[j+1]`` and ``hidden_states[k]``), over the non-pad tokens of ``batches`` of
+    ``(input_ids, attention_mask)``, capped at ``max_tokens``; float64, optional ``ridge``
+    (``esta.lstsq``). A layer shared by several positions (paired rule) takes the mean of their
+    solutions (SN-Net's rule). Returns the relative fit residual per stitch id.
+    """
+    was_training = net.training
+    net.eval()
+    states = [[] for _ in net.anchors]  # states[a] = per-batch lists of per-layer inputs
+    seen = 0
+    for ids, mask in batches:
+        if max_tokens is not None and seen >= max_tokens:
+            break  # enough rows; the hidden states of every layer of both anchors are kept
+        for a in range(len(net.anchors)):
+            states[a].append(_layer_inputs(net, a, ids, mask))
+        seen += int(mask.sum())
+    per_layer = [[torch.cat(col)[:max_tokens] for col in zip(*runs)] for runs in states]
+    residual, solutions = {}, {}
+    for s in net.table:
+        if s.is_anchor:
+            continue
+        x, y = per_layer[s.front][s.j + 1], per_layer[s.end][s.k]
+        w, b = affine_lstsq(x, y, ridge)
+        solutions.setdefault((s.front, s.layer), []).append((w, b))
+        residual[s.stitch_id] = ((x.double() @ w.T + b - y.double()).norm() / y.double().norm()).item()
+    for (p, layer), sols in solutions.items():
+        lin = self_or_base(net.stitch_layers[p][layer])
+        lin.weight.copy_(torch.stack([w for w, _ in sols]).mean(0).to(lin.weight))
+        lin.bias.copy_(torch.stack([b for _, b in sols]).mean(0).to(lin.bias))
+    net.train(was_training)
+    return residual

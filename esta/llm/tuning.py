@@ -1,0 +1,192 @@
+"""PST for Stitched LLaMA: a shared peft LoRA plus stitch-specific biases (spec §11 "PST"; the ViT
+counterpart is ``esta.vit.tuning``).
+
+Everything of the anchors and the LS-initialised stitching layers is frozen except
+- a *shared* LoRA (peft ``LoraConfig`` + ``inject_adapter_in_model``, r = 8, alpha = 16) on the
+  attention projections of every decoder layer (default ``q_proj``, ``v_proj``) and on every
+  stitching layer: all stitches through a module use its LoRA;
+- *stitch-specific biases*: LLaMA's linears have none, so each stitch owns new **zero-initialised**
+  vectors added to the outputs of the LoRA-wrapped linears on its path, and its own copy of its
+  stitching layer's (LS-initialised) bias. A fresh model therefore computes exactly the
+  LS-initialised stitched function.
+Embeddings, norms and ``lm_head`` stay frozen.
+
+The biases are separate parameters (one ``ParameterList`` per stitch, names kept beside it), so a
+stitch not sampled in a step gets ``grad=None`` and AdamW leaves it alone. They reach the forward as
+``overrides`` of the stitched model (``torch.func.functional_call`` per layer); the stitch is an
+argument, never stored state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+from esta.llm import distributed
+from esta.llm.anchors import build_family
+from esta.llm.stitch import StitchedLlama, self_or_base
+
+__all__ = [
+    "LlamaTuningConfig", "TunableLlama", "inject_shared_lora", "make_tunable", "count_trainable", "family_trainable",
+]
+
+
+@dataclass
+class LlamaTuningConfig:
+    """The shared LoRA and whether stitches own biases (off: the "shared LoRA only" ablation)."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    stitch_biases: bool = True
+
+    def __post_init__(self):
+        self.targets = tuple(self.targets)
+        if self.rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
+        if self.alpha <= 0:
+            raise ValueError(f"LoRA alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        known = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+        bad = [t for t in self.targets if t not in known]
+        if not self.targets or bad:
+            raise ValueError(f"LoRA targets must be a non-empty subset of {known}, got {list(self.targets)}")
+
+    def target_regex(self) -> str:
+        return rf".*\.({'|'.join(self.targets)})|stitch_layers\.\d+\.\d+"
+
+    def to_dict(self) -> dict:
+        return dict(asdict(self), targets=list(self.targets))
+
+
+def inject_shared_lora(net: StitchedLlama, cfg: LlamaTuningConfig) -> dict[str, nn.Module]:
+    """Wrap the targeted linears of ``net`` in place with one peft LoRA; returns them by name.
+    peft freezes every other parameter of ``net`` (``requires_grad=False``) as it injects."""
+    config = LoraConfig(target_modules=cfg.target_regex(), r=cfg.rank, lora_alpha=cfg.alpha,
+                        lora_dropout=cfg.dropout, bias="none")
+    inject_adapter_in_model(config, net)
+    wrapped = {name: m for name, m in net.named_modules() if isinstance(m, LoraLayer)}
+    if not wrapped:
+        raise ValueError(f"LoRA targets {list(cfg.targets)} matched no module of the stitched model")
+    return wrapped
+
+
+class TunableLlama(nn.Module):
+    """A ``StitchedLlama`` with its trainable set settled: ``model(ids, mask, stitch_id)`` -> logits,
+    and the interface of ``esta.train.train`` (``loss``, ``importance_params``, ``trainable``,
+    ``param_groups``)."""
+
+    def __init__(self, net: StitchedLlama, cfg: LlamaTuningConfig):
+        super().__init__()
+        self.cfg, self.net = cfg, net
+        self.rank, self.world = 0, 1  # one replica of a data-parallel run: see esta.llm.distributed
+        wrapped = inject_shared_lora(net, cfg)
+        self.biases = nn.ModuleList()
+        self._bias_names: list[list[str]] = []  # _bias_names[s][i] names what biases[s][i] stands in for
+        self._theta: dict[int, list[nn.Parameter]] = {}
+        for s in net.table:
+            names, params = [], []
+            if cfg.stitch_biases:
+                for n, m in wrapped.items():
+                    if not net.on_path(n + ".", s.stitch_id):
+                        continue
+                    base = self_or_base(m)
+                    names.append(f"{n}.base_layer.bias")
+                    if base.bias is None:  # a LLaMA linear: a new, zero vector
+                        params.append(nn.Parameter(base.weight.new_zeros(base.out_features)))
+                    else:  # the stitching layer: this stitch's own copy of the LS bias
+                        params.append(nn.Parameter(base.bias.detach().clone()))
+            self._bias_names.append(names)
+            self.biases.append(nn.ParameterList(params))
+
+    @property
+    def table(self):
+        return self.net.table
+
+    @property
+    def num_stitches(self) -> int:
+        return self.net.num_stitches
+
+    def biases_for(self, stitch_id: int) -> dict[str, nn.Parameter]:
+        """Stitch ``stitch_id``'s own biases keyed by the parameter they stand in for."""
+        self.net.stitch(stitch_id)  # range check
+        return dict(zip(self._bias_names[stitch_id], self.biases[stitch_id]))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, stitch_id: int,
+                **kw) -> torch.Tensor:
+        return self.net(input_ids, attention_mask, stitch_id, overrides=self.biases_for(stitch_id), **kw)
+
+    def generate(self, input_ids, attention_mask, stitch_id: int, max_new_tokens: int, **kw) -> torch.Tensor:
+        return self.net.generate(input_ids, attention_mask, stitch_id, max_new_tokens,
+                                 overrides=self.biases_for(stitch_id), **kw)
+
+    def loss(self, batch: tuple[torch.Tensor, ...], stitch_id: int) -> torch.Tensor:
+        """Next-token cross-entropy of a batch ``(input_ids, attention_mask, labels)``: logits at t
+        predict labels at t + 1; labels -100 (prompt, padding) are ignored."""
+        if self.world == 1:
+            ids, mask, labels = batch
+            logits = self(ids, mask, stitch_id)
+            return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        # data parallel: this rank's share of the global batch, normalised by the global token count
+        ids, mask, labels = distributed.shard(batch, self.rank, self.world)
+        logits = self(ids, mask, stitch_id)
+        target = labels[:, 1:]
+        total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=-100,
+                                reduction="sum")
+        return distributed.global_token_mean(total, (target != -100).sum(), self.world)
+
+    def reduce_grads(self, stitch_id: int) -> None:
+        """After backward, before importance and the optimizer step: average the gradients over the
+        ranks of a data-parallel run (a no-op in one process). Only ``stitch_id``'s path has any."""
+        if self.world > 1:
+            distributed.allreduce_grads(self.trainable().values(), self.world)
+
+    def importance_params(self, stitch_id: int) -> list[nn.Parameter]:
+        """Θ_s of spec §6: the stitch's own biases plus the LoRA parameters on its path."""
+        if stitch_id not in self._theta:  # called every step: match names once per stitch
+            self._theta[stitch_id] = list(self.biases[stitch_id]) + [
+                p for n, p in self.net.named_parameters() if "lora_" in n and self.net.on_path(n, stitch_id)
+            ]
+        return self._theta[stitch_id]
+
+    def trainable(self) -> dict[str, nn.Parameter]:
+        """Every parameter that trains, by qualified name."""
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def param_groups(self, lr: float, lr_anchor: float | None, weight_decay: float,
+                     decay_1d: bool = False) -> list[dict]:
+        """AdamW groups, all at ``lr`` (PST trains no anchor weight, so SN-Net's ``lr_anchor`` does
+        not apply): the LoRA matrices with ``weight_decay`` first, then the stitch biases without
+        decay unless ``decay_1d`` (the usual rule for 1-D parameters, as on the vision path)."""
+        matrices = [p for p in self.trainable().values() if p.ndim > 1 or decay_1d]
+        vectors = [p for p in self.trainable().values() if p.ndim <= 1 and not decay_1d]
+        groups = [dict(params=matrices, lr=lr, weight_decay=weight_decay)]
+        return groups + ([dict(params=vectors, lr=lr, weight_decay=0.0)] if vectors else [])
+
+
+def make_tunable(net: StitchedLlama, cfg: LlamaTuningConfig | None = None) -> TunableLlama:
+    """Settle the trainable set of ``net`` in place and wrap it; see the module docstring."""
+    return TunableLlama(net, cfg or LlamaTuningConfig())
+
+
+def count_trainable(model: TunableLlama) -> dict[str, int]:
+    """Trainable parameters by kind: LoRA in the decoder layers, LoRA on stitching layers, biases."""
+    out = dict(lora_layers=0, lora_stitch=0, biases=0)
+    for n, p in model.trainable().items():
+        kind = "biases" if n.startswith("biases.") else "lora_stitch" if ".stitch_layers." in n else "lora_layers"
+        out[kind] += p.numel()
+    out["total"] = sum(out.values())
+    return out
+
+
+def family_trainable(family_name: str, cfg: LlamaTuningConfig | None = None) -> dict[str, int]:
+    """PST's trainable counts for a family from its config table (meta device: no weights)."""
+    with torch.device("meta"):
+        return count_trainable(make_tunable(StitchedLlama(build_family(family_name)), cfg))

@@ -1,0 +1,69 @@
+"""Per-task metrics of deployed stitches: costs with the head of each task, and the run behind
+each reported number (esta.vit.metrics; spec §3, §8)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from esta.info import stitch_table
+from esta.vit.anchors import meta_family
+from esta.vit.metrics import deployed_metrics, head_split, with_task_head
+
+FAMILY = "embedded"
+
+
+@pytest.fixture(scope="module")
+def stitches():
+    return head_split(FAMILY, 10)  # what rule stitch_table writes when tasks[0] has 10 classes
+
+
+def run(mode, wall_s, trainable=1234):
+    return dict(mode=mode, wall_s=wall_s, trainable_params=trainable, provenance=dict(torch="2.x"))
+
+
+def deployed(stitches):
+    ids = [0, 1, 2, 5, 20]
+    return pd.DataFrame(dict(stitch_id=ids, interval=range(5), reason="interval", test_accuracy=0.5))
+
+
+def test_each_task_counts_its_own_head(stitches):
+    """Same stitches, a 555-class and a 10-class task: params differ by exactly the head difference
+    (end anchor width + 1 per class), MACs by the width per class; the counts equal a stitch table
+    counted with that task's head."""
+    widths = [a.embed_dim for a in meta_family(FAMILY, 1)]
+    acc = deployed(stitches)
+    tuning = run("tuning", 10.0)
+    big = deployed_metrics(acc, stitches, 555, tuning, tuning, retrain_final=False).set_index("stitch_id")
+    small = deployed_metrics(acc, stitches, 10, tuning, tuning, retrain_final=False).set_index("stitch_id")
+    end = stitches.set_index("stitch_id").loc[big.index, "end"]
+    head_params = end.map(lambda e: (widths[e] + 1) * (555 - 10))
+    assert (big["params"] - small["params"] == head_params).all()
+    assert (head_params > 0).all()
+    head_gmacs = end.map(lambda e: widths[e] * (555 - 10) / 1e9)
+    assert (big["gmacs"] - small["gmacs"]).to_numpy() == pytest.approx(head_gmacs.to_numpy(), rel=1e-9)
+    counted = stitch_table(FAMILY, 555).set_index("stitch_id").loc[big.index]
+    assert (big["params"] == counted["params"]).all()
+    assert (big["gmacs"] == counted["gmacs"]).all()
+
+
+def test_with_task_head_of_the_table_s_own_classes_is_the_table(stitches):
+    same = with_task_head(stitches, 10)
+    for col in ("macs", "gmacs", "params"):
+        assert (same[col] == stitches[col]).all(), col
+    with pytest.raises(ValueError, match="params_nohead"):
+        with_task_head(stitches.drop(columns="params_nohead"), 10)
+
+
+def test_final_mode_accuracy_reports_the_final_run(stitches):
+    acc = deployed(stitches)
+    tuning, final = run("tuning", 10.0, 1234), run("final", 25.0, 1234)
+    out = deployed_metrics(acc, stitches, 10, tuning, final, retrain_final=True)
+    assert (out["train_wall_s"] == 25.0).all() and (out["accuracy_mode"] == "final").all()
+    assert (out["selection_train_wall_s"] == 10.0).all()
+    assert out["retrain_final"].all()
+    off = deployed_metrics(acc, stitches, 10, tuning, tuning, retrain_final=False)
+    assert (off["train_wall_s"] == 10.0).all() and (off["accuracy_mode"] == "tuning").all()
+    # the tuning run passed as the run behind final-mode accuracy is refused, naming it
+    with pytest.raises(ValueError, match="eval_run"):
+        deployed_metrics(acc, stitches, 10, tuning, tuning, retrain_final=True)
