@@ -11,7 +11,7 @@ deployed = pd.read_csv(snakemake.input.deployed)
 deployed = deployed[deployed["variant"] == "default"]
 frames = []
 for (method, task, seed), log_file in zip(snakemake.params.runs, snakemake.input.logs):
-    visits = visit_counts(pd.read_csv(log_file), len(stitches)).reset_index(names="stitch_id")
+    visits = visit_counts(pd.read_csv(log_file), len(stitches)).rename_axis("stitch_id").reset_index()
     chosen = deployed[(deployed["method"] == method) & (deployed["task"] == task) & (deployed["seed"] == seed)]
     frames.append(visits.assign(method=method, task=task, seed=seed,
                                 deployed=visits["stitch_id"].isin(chosen["stitch_id"])))
