@@ -201,13 +201,16 @@ def test_every_figure_has_pdf_png_and_csv_twin(smoke):
 def test_accuracy_tables(smoke):
     cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
     by_task = pd.read_csv(smoke / "tables" / "accuracy_by_task.csv")
-    assert set(zip(by_task["method"], by_task["task"])) == {(m, t) for m in ("esta", "snnet") for t in cfg["tasks"]}
+    methods = ("esta", "snnet", "anchor_ft", "scratch")  # + the anchors trained alone (reference runs)
+    assert set(zip(by_task["method"], by_task["task"])) == {(m, t) for m in methods for t in cfg["tasks"]}
     numeric_complete(by_task, "accuracy_by_task")
     assert by_task["accuracy_mean"].between(0, 1).all()
     by_group = pd.read_csv(smoke / "tables" / "accuracy_by_group.csv")
-    assert set(by_group["method"]) == {"esta", "snnet"} and "mean" in set(by_group["group"])
+    assert set(by_group["method"]) == set(methods) and "mean" in set(by_group["group"])
     numeric_complete(by_group, "accuracy_by_group")
-    deployed = pd.read_csv(smoke / "tables" / "deployed.csv")
+    deployed = pd.concat([pd.read_csv(smoke / "tables" / "deployed.csv"),
+                          pd.read_csv(smoke / "tables" / "anchors_alone.csv")])
+    assert len(deployed[deployed["method"] == "scratch"]) == 3 * len(cfg["tasks"])  # every anchor, every task
     for row in by_task.itertuples():
         d = deployed[(deployed["method"] == row.method) & (deployed["task"] == row.task)]
         assert row.accuracy_mean == pytest.approx(d["test_accuracy"].mean())
@@ -229,8 +232,8 @@ def test_cost_table(smoke):
 
 def test_ablation_tables_compare_their_variants(smoke):
     expected = {"bias": {"stitch-specific biases", "shared biases"},
-                "sampling": {"importance sampling", "uniform sampling"},
-                "selection": {"importance", "evaluate-all"},
+                "sampling": {"grouped sampling", "importance sampling", "uniform sampling"},
+                "selection": {"importance", "importance, refreshed", "evaluate-all"},
                 "rank": {"r = 2", "r = 4", "r = 8", "r = 16"}}
     for name, labels in expected.items():
         t = pd.read_csv(smoke / "tables" / f"ablation_{name}.csv")
