@@ -83,8 +83,8 @@ class StitchSampler:
 
     def __init__(self, n_stitches: int, total_steps: int, cfg: SamplerConfig, seed: int = 0,
                  groups=None):
-        """``groups``: the deployment interval of every stitch (``esta.pareto.assign_intervals``
-        of the stitch table's ``macs_nohead``); required by, and only used by, kind "grouped"."""
+        """``groups``: the deployment slot of every stitch (``esta.pareto.deployment_slots``);
+        required by, and only used by, kind "grouped"."""
         if n_stitches < 1:
             raise ValueError(f"need at least one stitch, got {n_stitches}")
         if cfg.kind == "grouped":
@@ -94,6 +94,9 @@ class StitchSampler:
             if groups.shape != (n_stitches,):
                 raise ValueError(f"groups must give one interval per stitch ({n_stitches}), got shape {tuple(groups.shape)}")
         self.groups = groups if cfg.kind == "grouped" else None
+        # the pools drawn from, fixed for the run: one per deployment slot, or every stitch
+        everyone = torch.ones(n_stitches, dtype=torch.bool)
+        self._pools = [everyone] if self.groups is None else [self.groups == g for g in torch.unique(self.groups)]
         self.cfg = cfg
         self.n = n_stitches
         self.total_steps = total_steps
@@ -112,27 +115,24 @@ class StitchSampler:
         return out
 
     def probs(self, step: int) -> torch.Tensor:
-        """Sampling distribution at ``step``."""
-        everyone = torch.ones(self.n, dtype=torch.bool)
-        if self.groups is None:
-            return self._pool_probs(everyone, step)
-        # grouped: every interval that holds a stitch gets the same share of the draws
-        intervals = torch.unique(self.groups)
-        p = torch.zeros(self.n, dtype=torch.float64)
-        for g in intervals:
-            p += self._pool_probs(self.groups == g, step)
-        return p / len(intervals)
+        """Sampling distribution at ``step``: each pool (every stitch, or for kind "grouped" each
+        deployment slot that holds a stitch) gets the same share of the draws."""
+        # importance is read once per draw, and not at all while the draw is uniform: reading it
+        # folds in the pending device importances, a host sync the uniform phases need not wait for
+        uniform = self.cfg.kind == "uniform" or step < self.warmup_steps
+        imp = None if uniform else self.importance()
+        return sum(self._pool_probs(pool, imp) for pool in self._pools) / len(self._pools)
 
-    def _pool_probs(self, pool: torch.Tensor, step: int) -> torch.Tensor:
-        """The draw restricted to the stitches in ``pool`` (a mask): uniform in the warm-up or for
-        kind "uniform", else ``(1-ε) softmax(log(I / mean I) / τ) + ε / |pool|`` over the visited
+    def _pool_probs(self, pool: torch.Tensor, importance: torch.Tensor | None) -> torch.Tensor:
+        """The draw restricted to the stitches in ``pool`` (a mask): uniform without ``importance``
+        (the warm-up, kind "uniform"), else ``(1-ε) softmax(log(I / mean I) / τ) + ε / |pool|`` over the visited
         stitches of the pool (unvisited ones get the ε share only). Zero outside the pool."""
         size = int(pool.sum())
         uniform = pool.double() / size
         visited = (self.visits > 0) & pool
-        if self.cfg.kind == "uniform" or step < self.warmup_steps or not visited.any():
+        if importance is None or not visited.any():
             return uniform
-        imp = self.importance()[visited]
+        imp = importance[visited]
         if not (imp > 0).any():
             return uniform
         logits = torch.log(imp / imp.mean()) / self.cfg.tau  # I = 0 gives -inf, i.e. no share
