@@ -2,8 +2,9 @@
 
 The benchmarks live by topic beside this runner: ``bench/forward.py`` (stitch table build time,
 forward overhead of the stitched model, all stitches with prefix reuse), ``bench/training.py``
-(training step PST vs full: time, FLOPs, memory; utilisation) and ``bench/checkpointing.py``
-(gradient checkpointing of the PST step: memory saved, time paid). ``bench/common.py`` holds the
+(training step PST vs full: time, FLOPs, memory; utilisation), ``bench/checkpointing.py``
+(gradient checkpointing of the PST step: memory saved, time paid) and ``bench/peft_methods.py`` (the step of
+PST on DoRA, IA³, Adapter and AdaptFormer vs full fine-tuning: time, memory). ``bench/common.py`` holds the
 benchmarked model, the timing race and the output checks; each module's docstring says what it
 measures and how.
 

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.checkpointing import checkpoint_memory, checkpoint_rows
+from bench.peft_methods import peft_rows
 from bench.common import (
     FAMILY,
     NUM_CLASSES,
@@ -188,6 +189,11 @@ def bench_training(st: Settings, device: torch.device) -> list[Row]:
     pst, full = (trainers[n].to(device) for n in ("pst", "full"))
 
     steps = race(pst.step, full.step, st.train_reps, st.train_warmup, device, st.budget_s)
+    # the other PEFT techniques against the same full trainer (bench.peft_methods); PST's model off the device
+    if device.type == "cuda":
+        pst.to(torch.device("cpu"))
+    peft = peft_rows(full, memory["full"], st, device, make_trainer)
+    pst.to(device)
     del trainers, full
     ckpt_rows = checkpoint_rows(pst, ckpt_memory, st, device)
 
@@ -223,4 +229,5 @@ def bench_training(st: Settings, device: torch.device) -> list[Row]:
         row("pst_train_images_per_s", batch / t_pst, "-", "images/s", where),
         row("matmul_probe_gflops", probe_rate / 1e9, "-", "GFLOP/s", f"{st.mm_size}^3 matmuls"),
         *ckpt_rows,
+        *peft,
     ]

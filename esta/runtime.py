@@ -104,6 +104,25 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def read_listing(folder: str | Path, name: str) -> tuple[Path, dict]:
+    """The path and JSON of the manifest ``name`` of a shipped folder, or an error naming it."""
+    path = Path(folder) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"shipped anchors manifest {path} is missing")
+    return path, json.loads(path.read_text())
+
+
+def check_listed(path: str | Path, sha256: str, size: int, manifest: str | Path) -> None:
+    """That the file ``path`` exists and has the sha256 and size ``manifest`` lists for it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{manifest} lists {path.name}, which is missing from {path.parent}")
+    got_size, digest = path.stat().st_size, file_digest(path)
+    if got_size != size or digest != sha256:
+        raise ValueError(f"{path} does not match {manifest}: sha256 {digest} ({got_size} bytes), manifest says "
+                         f"{sha256} ({size} bytes)")
+
+
 def peak_device_mb(device: torch.device) -> float | None:
     """Peak CUDA memory allocated by torch in MiB; None on CPU (see peak_rss_mb)."""
     if device.type != "cuda":

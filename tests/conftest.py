@@ -135,3 +135,11 @@ def smoke(tmp_path_factory) -> Path:
     work = make_workdir(tmp_path_factory.mktemp("smoke"))
     snakemake(work, "--cores", "2", "--configfile", str(ROOT / "config" / "smoke.yaml"))
     return work / "results"
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that needs the smoke run (directly or through another fixture) runs the workflow
+    for real: mark it, so that `-m "not workflow"` leaves only the fast tests."""
+    for item in items:
+        if "smoke" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.workflow)

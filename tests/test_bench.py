@@ -30,6 +30,8 @@ BENCHMARKS = [
     "pst_vs_full_memory_ckpt",
     "pst_ckpt_vs_plain_step_flops",
     "pst_ckpt_vs_plain_step_time",
+    *(f"{m}_{what}" for m in ("dora", "ia3", "adapter", "adaptformer")
+      for what in ("vs_full_step_time", "vs_full_step_memory", "trainable_params")),
 ]
 CHECKS = ["anchor_ids_equal_timm", "stitch_equals_parts", "prefix_predictions_equal"]
 

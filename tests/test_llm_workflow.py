@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 import yaml
 from conftest import ROOT, make_workdir, snakemake
@@ -18,6 +19,8 @@ from esta.llm import tasks
 from esta.llm.build import assemble, stitched
 from esta.llm.data import load_alpaca
 from esta.llm.export import load_stitch
+
+pytestmark = pytest.mark.workflow  # runs Snakemake for real: `-m 'not workflow'` skips it
 
 LLAMA = ROOT / "config" / "llama.yaml"
 SMOKE = ROOT / "config" / "smoke.yaml"
@@ -31,6 +34,17 @@ def test_llama_config_plans_without_data(tmp_path):
                  "llm_select", "llm_evaluate", "llm_export", "llm_pareto_table", "plot_llm_pareto"):
         assert rule in out, rule
     assert "llm_pretrain_anchor" not in out  # folders are registered, never pretrained
+
+
+def test_default_installs_the_shipped_anchors(tmp_path):
+    """The embedded default stitches the shipped pair (esta/llm/assets/tiny/): installed, never pretrained;
+    config/upstream.yaml plans the pretraining that ships them."""
+    work = make_workdir(tmp_path)
+    out = snakemake(work, "-n", "--cores", "1", "--", *TARGETS).stdout
+    assert "llm_install_anchor" in out and "llm_pretrain_anchor" not in out
+    out = snakemake(work, "-n", "--cores", "1", "--configfile", str(ROOT / "config" / "upstream.yaml"),
+                    "--forceall", "llm_ship_anchors").stdout
+    assert "llm_pretrain_anchor" in out and "llm_install_anchor" not in out
 
 
 def test_llama_config_fails_naming_the_missing_key(tmp_path):

@@ -18,8 +18,9 @@ def stitches():
     return head_split(FAMILY, 10)  # what rule stitch_table writes when tasks[0] has 10 classes
 
 
-def run(mode, wall_s, trainable=1234):
-    return dict(mode=mode, wall_s=wall_s, trainable_params=trainable, provenance=dict(torch="2.x"))
+def run(mode, wall_s, trainable=1234, steps=400, **extra):
+    return dict(mode=mode, wall_s=wall_s, trainable_params=trainable, steps=steps, provenance=dict(torch="2.x"),
+                **extra)
 
 
 def deployed(stitches):
@@ -57,9 +58,10 @@ def test_with_task_head_of_the_table_s_own_classes_is_the_table(stitches):
 
 def test_final_mode_accuracy_reports_the_final_run(stitches):
     acc = deployed(stitches)
-    tuning, final = run("tuning", 10.0, 1234), run("final", 25.0, 1234)
+    tuning, final = run("tuning", 10.0, 1234), run("final", 25.0, 1234, steps=500)
     out = deployed_metrics(acc, stitches, 10, tuning, final, retrain_final=True)
     assert (out["train_wall_s"] == 25.0).all() and (out["accuracy_mode"] == "final").all()
+    assert (out["train_steps"] == 500).all() and (out["adapt_steps"] == 0).all()
     assert (out["selection_train_wall_s"] == 10.0).all()
     assert out["retrain_final"].all()
     off = deployed_metrics(acc, stitches, 10, tuning, tuning, retrain_final=False)
@@ -67,3 +69,13 @@ def test_final_mode_accuracy_reports_the_final_run(stitches):
     # the tuning run passed as the run behind final-mode accuracy is refused, naming it
     with pytest.raises(ValueError, match="eval_run"):
         deployed_metrics(acc, stitches, 10, tuning, tuning, retrain_final=True)
+
+
+def test_three_stage_run_reports_its_first_stage(stitches):
+    """A three-stage ESTA run's train.json carries stage 1 (the anchors adapted alone); the table
+    keeps it apart, so that train + adapt is the whole training."""
+    three = run("tuning", 30.0, steps=400, stages="three", adapt_steps=1200, adapt_wall_s=90.0, peak_rss_mb=900.0)
+    out = deployed_metrics(deployed(stitches), stitches, 10, three, three, retrain_final=False)
+    assert (out["stages"] == "three").all()
+    assert (out["adapt_steps"] == 1200).all() and (out["adapt_wall_s"] == 90.0).all()
+    assert (out["train_steps"] == 400).all() and (out["train_peak_rss_mb"] == 900.0).all()

@@ -18,6 +18,8 @@ from conftest import BIN, ROOT, make_workdir, snakemake
 from esta.vit.data import task_info
 from esta.vit.metrics import with_task_head
 
+pytestmark = pytest.mark.workflow  # runs Snakemake for real: `-m 'not workflow'` skips it
+
 CONFIGS = [ROOT / "config.yaml", *sorted((ROOT / "config").glob("*.yaml"))]
 
 
@@ -190,7 +192,7 @@ def numeric_complete(df: pd.DataFrame, name: str) -> None:
 def test_every_figure_has_pdf_png_and_csv_twin(smoke):
     cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
     figures = ["pareto_all", *[f"pareto_{t.replace('/', '-')}" for t in cfg["tasks"]],
-               *[f"ablation_{a}" for a in ("bias", "sampling", "selection", "rank")],
+               *[f"ablation_{a}" for a in ("bias", "sampling", "selection", "rank", "peft", "stages")],
                "importance_vs_accuracy", "grad_interference"]
     for fig in figures:
         for ext in ("pdf", "png"):
@@ -220,9 +222,16 @@ def test_cost_table(smoke):
     cost = pd.read_csv(smoke / "tables" / "cost.csv")
     steps = set(zip(cost["method"], cost["step"]))
     assert steps == {("esta", "train"), ("esta", "deploy"), ("esta", "total"), ("snnet", "adapt"),
-                     ("snnet", "stitch"), ("snnet", "deploy"), ("snnet", "total")}
+                     ("snnet", "stitch"), ("snnet", "deploy"), ("snnet", "total"),
+                     ("esta_three", "adapt"), ("esta_three", "train"), ("esta_three", "deploy"), ("esta_three", "total")}
     numeric_complete(cost, "cost")
     c = cost.set_index(["method", "step"])
+    # optimizer steps: every training step has some, deployment none; three-stage ESTA's stage 1
+    # trains each of the 3 anchors alone with ESTA's recipe, so as many steps as its stage 2, 3 times
+    assert (c.xs("deploy", level="step")["steps"] == 0).all()
+    assert (c.loc[[("esta", "train"), ("snnet", "adapt"), ("snnet", "stitch")], "steps"] > 0).all()
+    assert c.loc[("esta_three", "adapt"), "steps_per_task"] == 3 * c.loc[("esta_three", "train"), "steps_per_task"]
+    assert c.loc[("esta_three", "total"), "wall_s"] > c.loc[("esta_three", "train"), "wall_s"]
     assert (c["wall_s"] > 0).all() and (c["peak_rss_mb"] > 0).all()
     assert c.loc[("esta", "total"), "wall_s"] == pytest.approx(
         c.loc[("esta", "train"), "wall_s"] + c.loc[("esta", "deploy"), "wall_s"], rel=1e-3)
@@ -231,14 +240,41 @@ def test_cost_table(smoke):
 
 
 def test_ablation_tables_compare_their_variants(smoke):
+    epochs = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())["esta"]["train"]["epochs"]
     expected = {"bias": {"stitch-specific biases", "shared biases"},
                 "sampling": {"grouped sampling", "importance sampling", "uniform sampling"},
                 "selection": {"importance", "importance, refreshed", "evaluate-all"},
-                "rank": {"r = 2", "r = 4", "r = 8", "r = 16"}}
+                "rank": {"r = 2", "r = 4", "r = 8", "r = 16"},
+                "peft": {"LoRA", "DoRA", "IA³", "Adapter", "AdaptFormer"},
+                "stages": {f"one-stage ({epochs} epochs)", f"three-stage ({epochs} epochs per stage)"}}
     for name, labels in expected.items():
         t = pd.read_csv(smoke / "tables" / f"ablation_{name}.csv")
         assert set(t["label"]) == labels, name
         assert t["mean_accuracy"].between(0, 1).all()
+    for name in ("peft", "stages"):  # what each variant costs, beside its curve
+        t = pd.read_csv(smoke / "tables" / f"ablation_{name}.csv").groupby("label").first()
+        assert (t[["trainable_params", "train_wall_s", "train_steps", "train_peak_rss_mb"]] > 0).all().all(), name
+    stages = pd.read_csv(smoke / "tables" / "ablation_stages.csv").groupby("label").first()
+    one, three = f"one-stage ({epochs} epochs)", f"three-stage ({epochs} epochs per stage)"
+    assert stages.loc[three, "train_steps"] == 4 * stages.loc[one, "train_steps"]
+
+
+def test_three_stage_run_starts_from_its_adapted_anchors(smoke):
+    """The three-stage variant's stitch stage names its stage-1 states as inputs, its stitching
+    layers were fitted on the adapted anchors, and it records stage 1's cost."""
+    cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    run = smoke / "esta" / "three" / cfg["ablations"]["tasks"][0] / "seed0" / "tuning"
+    info = json.loads((run / "train.json").read_text())
+    stage1 = [json.loads((run / "stage1" / f"anchor{i}.json").read_text()) for i in range(3)]
+    assert info["stages"] == "three" and info["adapt_steps"] == sum(r["steps"] for r in stage1) == 3 * info["steps"]
+    assert all(r["tuning"]["mode"] == "pst" and r["tuning"]["peft"] == info["tuning"]["peft"] for r in stage1)
+    from esta.vit.build import load_tensors_file
+
+    _, meta = load_tensors_file(run / "stitch_init.safetensors")
+    assert meta["adapted"] is True
+    _, default_meta = load_tensors_file(smoke / "esta" / "default" / run.relative_to(smoke / "esta" / "three")
+                                        / "stitch_init.safetensors")
+    assert default_meta["adapted"] is False
 
 
 def test_importance_vs_accuracy_table(smoke):
@@ -281,7 +317,8 @@ snnet:
   adapt: {epochs: 1, batch_size: 8, lr: 0.001, lr_anchor: 0.0001, weight_decay: 0.0001, warmup_epochs: 0}
   stitch: {epochs: 2, batch_size: 8, lr: 0.001, lr_anchor: 0.0001, weight_decay: 0.0001, warmup_epochs: 0}
 eval: {batch_size: 64}
-ablations: {tasks: [vtab/dtd], bias: [default, nobias], sampling: [default, uniform], rank: [rank2, rank4, default, rank16]}
+ablations: {tasks: [vtab/dtd], bias: [default, nobias], sampling: [default, uniform], rank: [rank2, rank4, default, rank16],
+  peft: [default, ia3], stages: [default, three]}
 """
 
 

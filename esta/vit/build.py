@@ -203,7 +203,7 @@ def tuning_config(method: str, method_cfg: dict) -> TuningConfig:
         return TuningConfig(mode="full")
     if method != "esta":
         raise ValueError(f"unknown method {method!r}; expected 'esta' or 'snnet'")
-    lora = method_cfg["lora"]
+    lora, peft = method_cfg["lora"], method_cfg["peft"]
     return TuningConfig(
         mode="pst",
         rank=lora["rank"],
@@ -211,4 +211,8 @@ def tuning_config(method: str, method_cfg: dict) -> TuningConfig:
         dropout=lora["dropout"],
         targets=lora["targets"],
         stitch_biases=method_cfg["stitch_biases"],
+        peft=peft["method"],
+        adapter_bottleneck=peft["adapter"]["bottleneck"],
+        adaptformer_bottleneck=peft["adaptformer"]["bottleneck"],
+        adaptformer_scale=peft["adaptformer"]["scale"],
     )

@@ -3,8 +3,10 @@
 Only the modules on the stitch's path are copied -- front stem (patch embed, cls/pos) and blocks
 ``0..j``, stitching layer, end blocks ``k..D-1``, final norm and head; nothing else of the shared
 model is read (a deep copy of the whole net would cost ~0.5 GB per exported stitch at ViT-B). The
-shared LoRA is merged into those copies (peft's ``merge`` changes the base weight in place, which
-on the shared model would change every other stitch) and the stitch's own biases are baked in.
+shared LoRA, DoRA or IA³ is merged into those copies (peft's ``merge`` changes the base weight in place,
+which on the shared model would change every other stitch) and the stitch's own biases are baked in.
+Bottleneck adapters (``esta.vit.adapters``) cannot be merged: the copies keep them, and the JSON
+says how to rebuild them.
 Weights go to safetensors, the architecture and provenance to a JSON beside them; ``load_stitch``
 rebuilds the model with timm and loads the weights.
 """
@@ -81,15 +83,26 @@ def merged_path(model: TunableViT, stitch_id: int) -> nn.Module:
                 old = next(o for o in prefixes if name.startswith(o))
                 params[prefixes[old] + name.removeprefix(old)].copy_(p)
     if model.cfg.mode == "full":
-        return standalone  # SN-Net: no LoRA to merge
-    from peft.tuners.lora import LoraLayer  # imported lazily, see esta.vit.tuning
+        return standalone  # SN-Net: no PEFT to merge
+    from peft.tuners.tuners_utils import BaseTunerLayer  # imported lazily, see esta.vit.tuning
 
+    # LoRA, DoRA and IA³ (peft layers) merge into their base linear; bottleneck adapters stay.
     for name, module in list(standalone.named_modules()):
-        if isinstance(module, LoraLayer):
+        if isinstance(module, BaseTunerLayer):
             module.merge(safe_merge=True)
             parent, _, child = name.rpartition(".")
             setattr(standalone.get_submodule(parent), child, module.get_base_layer())
     return standalone
+
+
+def _kept_adapters(model: TunableViT) -> dict | None:
+    """The bottleneck adapters an exported stitch keeps (how ``load_stitch`` rebuilds them), or None."""
+    cfg = model.cfg
+    if cfg.mode == "full" or cfg.peft not in ("adapter", "adaptformer"):
+        return None
+    if cfg.peft == "adapter":
+        return dict(kind="adapter", bottleneck=cfg.adapter_bottleneck, scale=1.0)
+    return dict(kind="adaptformer", bottleneck=cfg.adaptformer_bottleneck, scale=cfg.adaptformer_scale)
 
 
 def _build(arch: dict) -> nn.Module:
@@ -98,10 +111,16 @@ def _build(arch: dict) -> nn.Module:
         for a in arch["anchors"]
     ]
     if arch["is_anchor"]:
-        return anchors[0]
-    front, end = anchors
-    layer = nn.Linear(front.embed_dim, end.embed_dim)
-    return StitchPath(front, layer, end, arch["j"], arch["k"])
+        model = anchors[0]
+    else:
+        front, end = anchors
+        model = StitchPath(front, nn.Linear(front.embed_dim, end.embed_dim), end, arch["j"], arch["k"])
+    if arch.get("adapters"):
+        from esta.vit.adapters import inject_bottleneck
+
+        a = arch["adapters"]
+        inject_bottleneck(model, a["kind"], a["bottleneck"], a["scale"])
+    return model
 
 
 def export_stitch(
@@ -127,6 +146,7 @@ def export_stitch(
         k=s.k,
         num_classes=num_classes,
         anchors=[anchor_arch[s.front]] if s.is_anchor else [anchor_arch[s.front], anchor_arch[s.end]],
+        adapters=_kept_adapters(model),
     )
     state = {k: v.detach().cpu().contiguous() for k, v in standalone.state_dict().items()}
     out = Path(out_dir)

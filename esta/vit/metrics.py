@@ -65,8 +65,10 @@ def deployed_metrics(
 
     ``tuning_run`` and ``eval_run`` are the ``train.json`` of the tuning-mode run (which chose the
     stitches) and of the run whose model gave ``test_accuracy`` (final mode with ``retrain_final``,
-    else the same tuning run). ``trainable_params``, ``train_wall_s`` and ``torch`` describe the
-    eval run; ``selection_train_wall_s`` is the tuning run's time.
+    else the same tuning run). ``trainable_params``, ``train_wall_s``, ``train_peak_rss_mb`` and
+    ``torch`` describe the eval run; ``selection_train_wall_s`` is the tuning run's time. A
+    three-stage ESTA run adds its stage 1 (anchors adapted alone) in ``adapt_wall_s`` /
+    ``adapt_steps`` (0 otherwise), so ``train_wall_s + adapt_wall_s`` is its whole training time.
     """
     want = "final" if retrain_final else "tuning"
     for run, mode, name in ((tuning_run, "tuning", "tuning_run"), (eval_run, want, "eval_run")):
@@ -78,6 +80,11 @@ def deployed_metrics(
     return accuracy.join(costs, on="stitch_id").assign(
         trainable_params=eval_run["trainable_params"],
         train_wall_s=eval_run["wall_s"],
+        train_steps=eval_run["steps"],
+        train_peak_rss_mb=eval_run.get("peak_rss_mb"),
+        stages=eval_run.get("stages"),
+        adapt_wall_s=eval_run.get("adapt_wall_s", 0.0),
+        adapt_steps=eval_run.get("adapt_steps", 0),
         accuracy_mode=eval_run["mode"],
         selection_train_wall_s=tuning_run["wall_s"],
         retrain_final=retrain_final,

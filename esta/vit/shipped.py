@@ -51,19 +51,10 @@ def shipped_dir(family_name: str) -> Path:
 def read_shipped(folder: str | Path) -> dict:
     """The manifest of a shipped folder, after checking every file it lists against its sha256 and size."""
     folder = Path(folder)
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"shipped anchors manifest {path} is missing")
-    manifest = json.loads(path.read_text())
-    for i, entry in enumerate(manifest["anchors"]):
+    path, manifest = runtime.read_listing(folder, MANIFEST)
+    for entry in manifest["anchors"]:
         for key in ("file", "info"):
-            f = folder / entry[key]
-            if not f.is_file():
-                raise FileNotFoundError(f"{path}: anchor {i} lists {entry[key]}, which is missing from {folder}")
-            size, digest = f.stat().st_size, runtime.file_digest(f)
-            if size != entry[f"{key}_bytes"] or digest != entry[f"{key}_sha256"]:
-                raise ValueError(f"{f} does not match {path}: sha256 {digest} ({size} bytes), manifest says "
-                                 f"{entry[f'{key}_sha256']} ({entry[f'{key}_bytes']} bytes)")
+            runtime.check_listed(folder / entry[key], entry[f"{key}_sha256"], entry[f"{key}_bytes"], path)
     return manifest
 
 

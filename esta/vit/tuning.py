@@ -1,8 +1,11 @@
-"""Parameter-efficient stitch fine-tuning, PST (ESTA §3; spec §5), and SN-Net's full fine-tuning.
+"""Parameter-efficient stitch fine-tuning, PST (ESTA §3, §4 "other PEFT techniques"; spec §5), and
+SN-Net's full fine-tuning.
 
 PST freezes the anchors and the least-squares-initialised stitching layers and trains
-- a *shared* (stitch-agnostic) LoRA, injected with peft into the self-attention projections of every
-  anchor block and into every stitching layer: all stitches passing through a module share its LoRA;
+- a *shared* (stitch-agnostic) PEFT module on every anchor block, chosen by ``peft``: LoRA (default,
+  the paper's), DoRA or IA³ injected with peft, or a Houlsby Adapter / AdaptFormer bottleneck
+  (``esta.vit.adapters``); all stitches passing through a block share it;
+- a shared LoRA on every stitching layer, whatever ``peft`` is;
 - *stitch-specific biases*: every stitch owns a copy of the bias of each ``nn.Linear`` on its path
   (qkv, proj, fc1, fc2, its stitching layer, its head), initialised from the pretrained bias;
 - the anchors' classification heads (weights shared by the stitches ending in that anchor).
@@ -18,6 +21,7 @@ heads trains. ``stitch_biases=False`` is the ablation where PST trains the share
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -27,14 +31,21 @@ from torch.func import functional_call
 
 from esta.vit.stitch import StitchedViT
 
-__all__ = ["TuningConfig", "TunableViT", "adapt", "LORA_TARGETS"]
+__all__ = ["TuningConfig", "TunableViT", "make_tunable", "count_trainable", "LORA_TARGETS", "PEFT_METHODS"]
 
-# Self-attention projections of every anchor block, and every stitching layer. A bare "proj" would
-# also match patch_embed.proj (a Conv2d), so the attention modules are matched by their full path.
+# LoRA / DoRA targets in the anchor blocks: the self-attention projections (and the MLP). A bare
+# "proj" would also match patch_embed.proj (a Conv2d), so modules are matched by their full path.
 LORA_TARGETS = {
-    "attn": r".*\.attn\.(qkv|proj)|stitch_layers\.\d+\.\d+",
-    "attn_mlp": r".*\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))|stitch_layers\.\d+\.\d+",
+    "attn": r".*\.attn\.(qkv|proj)",
+    "attn_mlp": r".*\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))",
 }
+STITCH_TARGETS = r"stitch_layers\.\d+\.\d+"  # every stitching layer keeps a LoRA in every method
+# IA³ [decision]: timm fuses q, k, v in one linear, so its output scaling covers keys and values (and
+# queries); the FFN's intermediate activations are scaled at the input of fc2 (peft's feedforward mode).
+IA3_TARGETS, IA3_FEEDFORWARD = r".*\.(attn\.qkv|mlp\.fc2)", r".*\.mlp\.fc2"
+PEFT_METHODS = ("lora", "dora", "ia3", "adapter", "adaptformer")
+# Names of the parameters PEFT adds (peft's prefixes, and esta.vit.adapters' layer names)
+_ADAPTER_TOKENS = ("lora_", "ia3_", "adapter_")
 _SEP = ":"  # nn.ParameterDict keys may not contain "."
 _NO_DECAY = {"pos_embed", "cls_token", "dist_token", "reg_token"}  # timm ViT's no_weight_decay()
 
@@ -44,11 +55,17 @@ class TuningConfig:
     """Which parameters train. ``mode`` is "pst" (ESTA) or "full" (SN-Net)."""
 
     mode: str = "pst"
-    rank: int = 8
+    rank: int = 8  # LoRA / DoRA rank, and the stitching layers' LoRA rank in every method
     alpha: float | None = None  # None: alpha = rank, so the LoRA scaling is 1 [decision]
     dropout: float = 0.0
     targets: str = "attn"
     stitch_biases: bool = True
+    peft: str = "lora"
+    # Bottleneck widths [decision]: per block, LoRA r = 8 on qkv + proj trains 8·(4d + 2d) = 48d;
+    # two Houlsby adapters of width m train ~4dm (m = 12), one AdaptFormer ~2dm (m = 24).
+    adapter_bottleneck: int = 12
+    adaptformer_bottleneck: int = 24
+    adaptformer_scale: float = 0.1  # AdaptFormer's s
 
     def __post_init__(self):
         if self.mode not in ("pst", "full"):
@@ -59,18 +76,59 @@ class TuningConfig:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
         if self.targets not in LORA_TARGETS:
             raise ValueError(f"unknown LoRA targets {self.targets!r}; known: {sorted(LORA_TARGETS)}")
+        if self.peft not in PEFT_METHODS:
+            raise ValueError(f"unknown PEFT method {self.peft!r}; known: {list(PEFT_METHODS)}")
+        if min(self.adapter_bottleneck, self.adaptformer_bottleneck) < 1:
+            raise ValueError("adapter bottlenecks must be >= 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def is_adapter_param(name: str) -> bool:
+    """Whether ``name`` is a parameter PEFT added (LoRA A/B, DoRA magnitude, IA³ vector, adapter)."""
+    return any(part.startswith(_ADAPTER_TOKENS) for part in name.split("."))
+
+
 def _linear_biases(net: StitchedViT) -> list[str]:
-    """Names of the biases of every ``nn.Linear`` in the net (peft's own A/B layers have none)."""
+    """Names of the biases of every ``nn.Linear`` of the anchors and stitching layers (not the
+    adapters' own linears, which are shared PEFT parameters; peft's LoRA A/B have no bias)."""
     return [
         f"{name}.bias"
         for name, m in net.named_modules()
-        if isinstance(m, nn.Linear) and m.bias is not None
+        if isinstance(m, nn.Linear) and m.bias is not None and not is_adapter_param(name)
     ]
+
+
+def inject_peft(net: StitchedViT, cfg: TuningConfig) -> None:
+    """Add ``cfg.peft`` to every anchor block and a LoRA to every stitching layer, in place; every
+    parameter of ``net`` but the added ones is then frozen."""
+    # peft pulls in transformers (seconds of import time), so only PST imports it.
+    from peft import IA3Config, LoraConfig, inject_adapter_in_model
+
+    def lora(targets: str, dora: bool = False) -> LoraConfig:
+        return LoraConfig(r=cfg.rank, lora_alpha=cfg.rank if cfg.alpha is None else cfg.alpha,
+                          lora_dropout=cfg.dropout, target_modules=targets, bias="none", use_dora=dora)
+
+    if cfg.peft in ("lora", "dora"):
+        inject_adapter_in_model(lora(LORA_TARGETS[cfg.targets], dora=cfg.peft == "dora"), net)
+    elif cfg.peft == "ia3":
+        inject_adapter_in_model(IA3Config(target_modules=IA3_TARGETS, feedforward_modules=IA3_FEEDFORWARD), net)
+    else:
+        from esta.vit.adapters import inject_bottleneck
+
+        wide = cfg.adapter_bottleneck if cfg.peft == "adapter" else cfg.adaptformer_bottleneck
+        inject_bottleneck(net, cfg.peft, wide, 1.0 if cfg.peft == "adapter" else cfg.adaptformer_scale)
+    if len(net.stitch_layers):
+        # A second injection into other modules: each module holds one adapter, so peft's warning
+        # about a model with several adapters does not apply.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            inject_adapter_in_model(lora(STITCH_TARGETS), net)
+    for n, p in net.named_parameters():
+        p.requires_grad_(is_adapter_param(n))
+    if not any(p.requires_grad for p in net.parameters()):
+        raise ValueError(f"PEFT method {cfg.peft!r} with targets {cfg.targets!r} matched no module")
 
 
 class TunableViT(nn.Module):
@@ -85,19 +143,7 @@ class TunableViT(nn.Module):
             net.requires_grad_(True)
             self.biases = None
             return
-        # peft pulls in transformers (seconds of import time), so only PST imports it.
-        from peft import LoraConfig, inject_adapter_in_model
-
-        lora = LoraConfig(
-            r=cfg.rank,
-            lora_alpha=cfg.rank if cfg.alpha is None else cfg.alpha,
-            lora_dropout=cfg.dropout,
-            target_modules=LORA_TARGETS[cfg.targets],
-            bias="none",
-        )
-        inject_adapter_in_model(lora, net)  # sets requires_grad=False on every non-LoRA parameter
-        if not any("lora_" in n for n, _ in net.named_parameters()):
-            raise ValueError(f"LoRA targets {LORA_TARGETS[cfg.targets]!r} matched no module")
+        inject_peft(net, cfg)
         # Heads are new for the task: their weights train, shared by the stitches ending there.
         for anchor in net.anchors:
             anchor.head.weight.requires_grad_(True)

@@ -16,10 +16,20 @@ rule accuracy_tables:
 
 
 rule cost_table:
-    """Trainable and stored parameters, wall time and peak memory per method and step (spec §9)."""
+    """Trainable and stored parameters, optimizer steps, wall time and peak memory per method and
+    step (spec §9), with three-stage ESTA (the stages ablation) beside one-stage ESTA and SN-Net.
+    """
     input:
+        unpack(lambda w: three_stage_costs()),
         benchmarks=f"{R}/tables/benchmarks.csv",
         deployed=f"{R}/tables/deployed.csv",
+        adapt_info=expand(
+            f"{R}/snnet/default/{{task}}/seed{{seed}}/{{mode}}/adapt/anchor{{i}}.json",
+            task=config["tasks"],
+            seed=config["seeds"],
+            mode=eval_mode(),
+            i=ANCHORS,
+        ),
         code=code(
             "analysis",
             "info",
@@ -39,6 +49,7 @@ rule cost_table:
         family=config["family"],
         img_size=config["data"]["img_size"],
         method=method_config("default"),
+        three={v: method_config(v) for v in ABL["stages"] if esta_stages(v) == "three"},
     script:
         "../scripts/cost_table.py"
 
@@ -53,7 +64,7 @@ rule ablation_table:
     log:
         f"{R}/logs/ablation_table/{{name}}.log",
     wildcard_constraints:
-        name="bias|sampling|selection|rank",
+        name="bias|sampling|selection|rank|peft|stages",
     conda:
         "../envs/esta.yaml"
     params:
@@ -157,7 +168,7 @@ rule plot:
     log:
         f"{R}/logs/plot/{{fig}}.log",
     wildcard_constraints:
-        fig="ablation_(?:bias|sampling|selection|rank)|importance_vs_accuracy|grad_interference",
+        fig="ablation_(?:bias|sampling|selection|rank|peft|stages)|importance_vs_accuracy|grad_interference",
     conda:
         "../envs/esta.yaml"
     script:

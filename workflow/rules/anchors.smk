@@ -99,10 +99,22 @@ rule stitch_table:
 
 
 rule ls_init:
+    """Least-squares init of the stitching layers (spec §4) on the anchors the method stitches:
+    pretrained (ESTA), adapted fully (SN-Net), or adapted alone by PST (three-stage ESTA).
+    """
     input:
         anchors=ls_init_anchors,
+        adapted=adapted_anchor_states,
         data=f"{R}/data/{{task}}/manifest.json",
-        code=code("vit/anchors", "vit/stitch", "vit/build", "vit/data"),
+        code=code(
+            "vit/anchors",
+            "vit/stitch",
+            "vit/build",
+            "vit/data",
+            "vit/tuning",
+            "vit/adapters",
+            "vit/stages",
+        ),
     output:
         f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/stitch_init.safetensors",
     log:
@@ -116,6 +128,9 @@ rule ls_init:
         torch_threads=config["threads"],
         family=config["family"],
         n_images=config["ls_init"]["n_images"],
+        method=lambda w: (
+            method_config(w.variant)["esta"] if w.method == "esta" else None
+        ),
         img_size=config["data"]["img_size"],
         normalize=config["data"]["normalize"],
         fgvc_interpolation=config["data"]["fgvc_interpolation"],

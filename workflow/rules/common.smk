@@ -8,6 +8,12 @@ from esta.schema import check_config
 # jsonschema directly, not snakemake.utils.validate: a failure names the key, value and rule on
 # one line instead of printing the whole schema around it.
 SCHEMA = os.path.join(workflow.basedir, "schemas", "config.schema.yaml")
+# `--config seeds=[0,1,2]` reaches the config as a list of strings: read digit strings as seeds
+if isinstance(config.get("seeds"), list):
+    config["seeds"] = [
+        int(x) if isinstance(x, str) and x.strip().isdigit() else x
+        for x in config["seeds"]
+    ]
 check_config(config, SCHEMA)
 
 # The anchor count comes from the family table; this imports torch and timm (seconds of DAG build).
@@ -105,8 +111,8 @@ if config["anchors"]["source"] == "files" and len(
 
 
 ABL = config["ablations"]
-ABLATIONS = ["bias", "sampling", "selection", "rank"]
-for _name in ("bias", "sampling", "rank"):
+ABLATIONS = ["bias", "sampling", "selection", "rank", "peft", "stages"]
+for _name in ("bias", "sampling", "rank", "peft", "stages"):
     for _v in ABL[_name]:
         if _v not in config["variants"]:
             raise ValueError(
@@ -243,15 +249,57 @@ def ls_init_anchors(w):
     return expand(f"{run_dir(w)}/{w.mode}/adapt/anchor{{i}}.safetensors", i=ANCHORS)
 
 
+def esta_stages(variant):
+    return method_config(variant)["esta"]["stages"]
+
+
 def esta_stitch_init(mode=None):
     """Input function: ESTA's LS-initialised stitching layers depend only on the pretrained anchors,
-    the task and the seed, so every ESTA variant uses those of the default variant."""
+    the task and the seed, so every one-stage ESTA variant uses those of the default variant; a
+    three-stage variant fits its own on its adapted anchors."""
 
     def inputs(w):
         m = mode or w.mode
-        return f"{R}/esta/default/{w.task}/seed{w.seed}/{m}/stitch_init.safetensors"
+        v = w.variant if esta_stages(w.variant) == "three" else "default"
+        return f"{R}/esta/{v}/{w.task}/seed{w.seed}/{m}/stitch_init.safetensors"
 
     return inputs
+
+
+def three_stage_costs():
+    """cost_table's inputs for three-stage ESTA (the stages ablation's three-stage variants, on the
+    ablation tasks): the benchmark of every job of its three steps, and the runs' train.json.
+    """
+    three = [v for v in ABL["stages"] if esta_stages(v) == "three"]
+    B, run = f"{R}/benchmarks", "{variant}/{task}/seed{seed}"
+    modes = sorted({"tuning", eval_mode()})
+    kw = dict(variant=three, task=ABL["tasks"], seed=config["seeds"])
+    bench = expand(
+        f"{B}/esta_adapt_anchor/{run}/{{mode}}/anchor{{i}}.tsv",
+        mode=modes,
+        i=ANCHORS,
+        **kw,
+    )
+    bench += expand(f"{B}/ls_init/esta/{run}/{{mode}}.tsv", mode=modes, **kw)
+    bench += expand(f"{B}/train_esta/{run}/{{mode}}.tsv", mode=modes, **kw)
+    bench += expand(f"{B}/select_esta/{run}.tsv", **kw)
+    # the runs behind the reported accuracy (final mode with retrain_final)
+    info = expand(f"{R}/esta/{run}/{eval_mode()}/train.json", **kw)
+    adapt = expand(
+        f"{R}/esta/{run}/{eval_mode()}/stage1/anchor{{i}}.json", i=ANCHORS, **kw
+    )
+    return dict(three_bench=bench, three_info=info, three_adapt_info=adapt)
+
+
+def adapted_anchor_states(w):
+    """Input function: stage 1 of a three-stage ESTA variant (each anchor adapted alone by PST);
+    nothing for one-stage ESTA and for SN-Net."""
+    if w.get("method", "esta") != "esta" or esta_stages(w.variant) != "three":
+        return []
+    return expand(
+        f"{R}/esta/{w.variant}/{w.task}/seed{w.seed}/{w.mode}/stage1/anchor{{i}}.safetensors",
+        i=ANCHORS,
+    )
 
 
 def trained_model(mode):
@@ -320,9 +368,12 @@ LLM = config["llm"]
 L = f"{R}/llm"
 LLM_ANCHORS = list(range(2))  # a pair, small first (spec §11)
 LLM_PRETRAIN = LLM["anchors"]["source"] == "pretrain"
+# shipped: the tiny pair in esta/llm/assets/<family>/ (pretrained by config/upstream.yaml), installed
+# into the folders `pretrain` writes; folders: local HF folders, registered where they are
+LLM_SHIPPED = LLM["anchors"]["source"] == "shipped"
 LLM_FOLDERS = (
     [f"{L}/anchors/anchor{i}" for i in LLM_ANCHORS]
-    if LLM_PRETRAIN
+    if LLM_PRETRAIN or LLM_SHIPPED
     else (LLM["anchors"]["folders"] or [None, None])
 )
 LLM_VARIANTS = ["default"] + (["no_biases"] if LLM["ablate_biases"] else [])
@@ -360,7 +411,11 @@ def llm_targets():
 def llm_benchmark_files():
     """The benchmark file of every heavy LLM job, for merge_benchmarks."""
     B = f"{R}/benchmarks"
-    step = "llm_pretrain_anchor" if LLM_PRETRAIN else "llm_register_anchor"
+    step = {
+        "pretrain": "llm_pretrain_anchor",
+        "shipped": "llm_install_anchor",
+        "folders": "llm_register_anchor",
+    }[LLM["anchors"]["source"]]
     files = expand(f"{B}/{step}/anchor{{i}}.tsv", i=LLM_ANCHORS) + [
         f"{B}/llm_ls_init.tsv"
     ]

@@ -6,14 +6,53 @@ TRAIN_CODE = code(
     "train",
     "vit/build",
     "vit/data",
+    "vit/adapters",
+    "vit/stages",
     "pareto",
 )
 
 
+rule esta_adapt_anchor:
+    """Three-stage ESTA (`esta.stages: three`), stage 1: PST adapts one anchor alone on the task, with
+    the variant's PEFT and training recipe (esta.vit.stages)."""
+    input:
+        anchor=lambda w: f"{R}/anchors/{config['family']}/anchor{w.i}.safetensors",
+        data=f"{R}/data/{{task}}/manifest.json",
+        code=TRAIN_CODE,
+    output:
+        state=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/stage1/anchor{{i}}.safetensors",
+        info=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/stage1/anchor{{i}}.json",
+    log:
+        f"{R}/logs/esta_adapt_anchor/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/anchor{{i}}.log",
+    benchmark:
+        f"{R}/benchmarks/esta_adapt_anchor/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/anchor{{i}}.tsv"
+    conda:
+        "../envs/esta.yaml"
+    threads: heavy_threads()
+    params:
+        torch_threads=config["threads"],
+        family=config["family"],
+        method=lambda w: method_config(w.variant)["esta"],
+        train=lambda w: method_config(w.variant)["esta"]["train"],
+        img_size=config["data"]["img_size"],
+        num_workers=config["data"]["num_workers"],
+        normalize=config["data"]["normalize"],
+        fgvc_interpolation=config["data"]["fgvc_interpolation"],
+        device=config["device"],
+        checkpoint_every_s=config["checkpoint_every_s"],
+        ckpt_dir=lambda w: f"{R}/.checkpoints/esta/{w.variant}/{w.task}/seed{w.seed}/{w.mode}/stage1_{w.i}",
+    script:
+        "../scripts/train_anchor.py"
+
+
 rule train_esta:
+    """ESTA: PST over every stitch, importance sampling (spec §5-§6); a three-stage variant starts
+    from its anchors adapted alone (`adapted`, stage 1) and its stitching layers fitted on them.
+    """
     input:
         anchors=anchor_files,
         stitch=esta_stitch_init(),
+        adapted=adapted_anchor_states,
         data=f"{R}/data/{{task}}/manifest.json",
         stitches=f"{R}/tables/stitches.csv",
         code=TRAIN_CODE,

@@ -3,10 +3,23 @@
 # -> results/tables/llm_pareto.csv and results/figures/llm_pareto.{pdf,png}.
 # Globals and input functions: rules/common.smk (LLM, L, LLM_FOLDERS, llm_pst, ...).
 
+# llm.anchors.source: shipped installs the tiny pair shipped in esta/llm/assets/<family>/ (pretrained
+# at length by config/upstream.yaml) into the same folders as `pretrain` writes (common.smk).
+LLM_ASSETS = "esta/llm/assets"
+LLM_SHIP_COMMAND = (
+    "snakemake llm_ship_anchors --configfile config/upstream.yaml --cores 2"
+)
+
 
 rule llm_prepare:
     input:
-        code=code("llm/tasks", "llm/data", "llm/build"),
+        **(
+            {"shipped": f"{LLM_ASSETS}/{LLM['family']}/manifest.json"}
+            if LLM_SHIPPED
+            else {}
+        ),
+        code=code("llm/tasks", "llm/data", "llm/build", "llm/shipped"),
+        # shipped anchors bring their tokenizer
     output:
         **{s: f"{L}/data/{s}.json" for s in LLM_SPLITS},
         tokenizer=directory(f"{L}/data/tokenizer"),
@@ -55,6 +68,25 @@ if LLM_PRETRAIN:
         script:
             "../scripts/llm_pretrain_anchor.py"
 
+elif LLM_SHIPPED:
+
+    rule llm_install_anchor:
+        """One shipped anchor as the run's HF folder, checked against the manifest (sha256 of every file)."""
+        input:
+            manifest=f"{LLM_ASSETS}/{LLM['family']}/manifest.json",
+            code=code("llm/shipped"),
+        output:
+            folder=directory(f"{L}/anchors/anchor{{i}}"),
+            info=f"{L}/anchors/anchor{{i}}.json",
+        log:
+            f"{R}/logs/llm_install_anchor/anchor{{i}}.log",
+        benchmark:
+            f"{R}/benchmarks/llm_install_anchor/anchor{{i}}.tsv"
+        conda:
+            "../envs/esta.yaml"
+        script:
+            "../scripts/llm_install_anchor.py"
+
 else:
 
     rule llm_register_anchor:
@@ -79,6 +111,37 @@ else:
             device=config["device"],
         script:
             "../scripts/llm_register_anchor.py"
+
+
+if LLM_PRETRAIN and LLM["family"] == "tiny":
+
+    rule llm_ship_anchors:
+        """Store the pretrained tiny pair in the package with a manifest (sha256, command, recipe,
+        tasks-A exact match of the stored weights): run with config/upstream.yaml, then commit
+        esta/llm/assets/."""
+        input:
+            folders=expand(f"{L}/anchors/anchor{{i}}", i=LLM_ANCHORS),
+            infos=llm_anchor_info(),
+            train=f"{L}/data/pretrain_train.json",
+            test=f"{L}/data/pretrain_test.json",
+            code=code("llm/shipped", "llm/evaluate") + LLM_CODE,
+        output:
+            f"{LLM_ASSETS}/{LLM['family']}/manifest.json",
+        log:
+            f"{R}/logs/llm_ship_anchors.log",
+        conda:
+            "../envs/esta.yaml"
+        params:
+            family=LLM["family"],
+            recipe=dict(
+                suite=LLM["suite"],
+                tokenizer=LLM["tokenizer"],
+                pretrain=LLM["pretrain"],
+            ),
+            eval=LLM["eval"],
+            command=LLM_SHIP_COMMAND,
+        script:
+            "../scripts/llm_ship_anchors.py"
 
 
 rule llm_check_anchors:

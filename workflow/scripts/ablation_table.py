@@ -1,5 +1,6 @@
-"""One ablation of ESTA (spec §9) as deployed-stitch curves, averaged over the ablation tasks:
-`bias`, `sampling`, `rank` compare variants (each trained by the same rules); `selection` compares
+"""One ablation of ESTA (spec §9) as deployed-stitch curves, averaged over the ablation tasks, with
+what each variant costs: `bias`, `sampling`, `rank`, `peft` (LoRA, DoRA, IA³, Adapter, AdaptFormer)
+and `stages` (one- vs three-stage PST) compare variants (each trained by the same rules); `selection` compares
 three deployments of the default model: by importance as training left it and refreshed on one fixed
 batch (both one stage), and by evaluating every stitch on the selection split."""
 
@@ -16,12 +17,20 @@ name = snakemake.wildcards.name
 inp, p = snakemake.input, snakemake.params
 
 
+PEFT_LABELS = {"lora": "LoRA", "dora": "DoRA", "ia3": "IA³", "adapter": "Adapter", "adaptformer": "AdaptFormer"}
+
+
 def label(variant: str) -> str:
     cfg = p.variants[variant]
     if name == "bias":
         return "stitch-specific biases" if cfg["stitch_biases"] else "shared biases"
     if name == "sampling":
         return f"{cfg['sampler']['kind']} sampling"
+    if name == "peft":
+        return PEFT_LABELS[cfg["peft"]["method"]]
+    if name == "stages":  # the epochs tell the compute-matched control (more steps) apart
+        per_stage = " per stage" if cfg["stages"] == "three" else ""
+        return f"{cfg['stages']}-stage ({cfg['train']['epochs']} epochs{per_stage})"
     return f"r = {cfg['lora']['rank']}"
 
 
@@ -41,11 +50,21 @@ else:
     deployed["label"] = deployed["variant"].map(label)
 
 curves = deployed_curves(deployed, by=["label"])
-per_task = deployed.groupby(["label", "task", "seed"], as_index=False)["test_accuracy"].mean()
-mean = per_task.groupby("label")["test_accuracy"].mean().rename("mean_accuracy")
-table = curves.merge(mean, on="label").assign(ablation=name)
+per_run = deployed.groupby(["label", "task", "seed"], as_index=False).agg(
+    test_accuracy=("test_accuracy", "mean"),
+    **{c: (c, "first") for c in ("train_wall_s", "adapt_wall_s", "train_steps", "adapt_steps", "train_peak_rss_mb")
+       if c in deployed})
+# what each variant costs beside its trainable parameters (in the curves): training time (with a three-stage run's stage 1)
+# and steps per task, and the training job's peak memory, each a mean over tasks and seeds
+if "train_wall_s" in per_run:  # not in the selection ablation (one trained model)
+    per_run["train_wall_s"] += per_run["adapt_wall_s"]
+    per_run["train_steps"] += per_run["adapt_steps"]
+per_run = per_run.rename(columns={"test_accuracy": "mean_accuracy"})
+costs = per_run.groupby("label", sort=False)[
+    [c for c in ("mean_accuracy", "train_wall_s", "train_steps", "train_peak_rss_mb") if c in per_run]].mean()
+table = curves.merge(costs.reset_index(), on="label").assign(ablation=name)
 order = list(dict.fromkeys(deployed["label"]))
 table = table.sort_values(["label", "anchor", "gmacs"], key=lambda c: c.map(order.index) if c.name == "label" else c)
 lead = ["ablation", "label", "interval", "gmacs", "accuracy", "accuracy_std", "anchor", "mean_accuracy"]
 runtime.write_csv(table[lead + [c for c in table.columns if c not in lead]], snakemake.output[0])
-log.info("%s: mean deployed accuracy %s", name, mean.round(4).to_dict())
+log.info("%s: per variant\n%s", name, costs.round(4).to_string())

@@ -6,7 +6,13 @@ Per step: jobs, wall time (sum over tasks and seeds, and per task and seed), pea
 over the step's jobs), trainable parameters (mean over tasks), and the parameters a user keeps
 after the step (mean over tasks): adapted anchors, the trained model, or what deploying the chosen
 stitches needs (``esta.analysis.stored_params``: task-specific, and with the pretrained weights).
-A `total` row per method sums the wall time and takes the peak memory and parameters maxima."""
+Optimizer steps per step are summed over tasks and seeds (`steps`) and given per task and seed.
+`esta_three` is three-stage ESTA (the stages ablation, on the ablation tasks only): `adapt` (PST on
+each anchor alone), `train` (LS init on the adapted anchors + PST over every stitch), `deploy`.
+A `total` row per method sums the wall time and steps and takes the peak memory and parameters maxima."""
+
+import json
+from pathlib import Path
 
 import pandas as pd
 
@@ -60,17 +66,61 @@ counts = pd.DataFrame(counts).groupby(["method", "step"], as_index=False)[
     ["trainable_params", "stored_params_task", "stored_params_total"]].mean().round().astype(
     {"trainable_params": int, "stored_params_task": int, "stored_params_total": int})
 
-runs = deployed.groupby(["task", "seed"]).ngroups
+
+def read_json(files) -> list[dict]:
+    return [json.loads(Path(f).read_text()) for f in files]
+
+
+# optimizer steps per (method, step), summed over the runs behind the reported accuracies (final
+# mode with retrain_final; wall time counts every job, tuning-mode runs included)
+per_run = deployed.drop_duplicates(["method", "task", "seed"]).set_index("method")["train_steps"]
+steps = {("esta", "train"): per_run.loc[["esta"]].sum(), ("snnet", "stitch"): per_run.loc[["snnet"]].sum(),
+         ("snnet", "adapt"): sum(r["steps"] for r in read_json(snakemake.input.adapt_info))}
+
+
+def merged(bench_files) -> pd.DataFrame:
+    """Benchmark files outside benchmarks.csv, in its form (rule, job, s, max_rss)."""
+    frames = []
+    for f in bench_files:
+        parts = Path(f).with_suffix("").parts
+        rel = parts[parts.index("benchmarks") + 1:]
+        frames.append(pd.read_csv(f, sep="\t").assign(rule=rel[0], job="/".join(rel[1:])))
+    return pd.concat(frames, ignore_index=True) if frames else bench.iloc[:0]
+
+
+runs = {"esta": deployed.groupby(["task", "seed"]).ngroups, "snnet": deployed.groupby(["task", "seed"]).ngroups}
+if p.three:  # three-stage ESTA, from the stages ablation
+    bench = pd.concat([bench, merged(snakemake.input.three_bench)], ignore_index=True)
+    variant = next(iter(p.three))
+    for step, rules in (("adapt", [("esta_adapt_anchor", f"{variant}/")]),
+                        ("train", [("ls_init", f"esta/{variant}/"), ("train_esta", f"{variant}/")]),
+                        ("deploy", [("select_esta", f"{variant}/")])):
+        STEPS[("esta_three", step)] = rules
+    info, adapt = read_json(snakemake.input.three_info), read_json(snakemake.input.three_adapt_info)
+    runs["esta_three"] = len({(r["task"], r["seed"]) for r in info})
+    steps[("esta_three", "adapt")] = sum(r["steps"] for r in adapt)
+    steps[("esta_three", "train")] = sum(r["steps"] for r in info)
+    per_anchor = pd.DataFrame(adapt).groupby(["task", "seed"])["trainable_params"].sum().mean()
+    trained = sum(r["trainable_params"] for r in info) / len(info)
+    three = counts[counts["method"] == "esta"].assign(method="esta_three")
+    three.loc[three["step"] == "train", "trainable_params"] = round(trained)
+    stage1 = dict(method="esta_three", step="adapt", trainable_params=round(per_anchor),
+                  stored_params_task=round(per_anchor), stored_params_total=round(per_anchor))
+    counts = pd.concat([counts, three, pd.DataFrame([stage1])], ignore_index=True)
+
 rows = []
 for (method, step), rules in STEPS.items():
     jobs = pd.concat([bench[(bench["rule"] == r) & bench["job"].str.startswith(prefix)] for r, prefix in rules])
     if jobs.empty:
         raise ValueError(f"no benchmark rows for {method} {step} ({rules}) in {snakemake.input.benchmarks}")
-    rows.append(dict(method=method, step=step, jobs=len(jobs), wall_s=jobs["s"].sum(),
-                     wall_s_per_task=jobs["s"].sum() / runs, peak_rss_mb=jobs["max_rss"].max()))
+    n = steps.get((method, step), 0)
+    rows.append(dict(method=method, step=step, jobs=len(jobs), steps=n, steps_per_task=n / runs[method],
+                     wall_s=jobs["s"].sum(), wall_s_per_task=jobs["s"].sum() / runs[method],
+                     peak_rss_mb=jobs["max_rss"].max()))
 table = pd.DataFrame(rows).merge(counts, on=["method", "step"])
 total = table.groupby("method", as_index=False).agg(
-    jobs=("jobs", "sum"), wall_s=("wall_s", "sum"), wall_s_per_task=("wall_s_per_task", "sum"),
+    jobs=("jobs", "sum"), steps=("steps", "sum"), steps_per_task=("steps_per_task", "sum"),
+    wall_s=("wall_s", "sum"), wall_s_per_task=("wall_s_per_task", "sum"),
     peak_rss_mb=("peak_rss_mb", "max"), trainable_params=("trainable_params", "max"))
 last = table.drop_duplicates("method", keep="last").set_index("method")
 total = total.assign(step="total", stored_params_task=total["method"].map(last["stored_params_task"]),

@@ -9,7 +9,7 @@ from esta import runtime
 from esta.llm.build import assemble, encode, load_tokenizer, save_tensors, stitched
 from esta.llm.data import load_alpaca
 from esta.llm.tuning import count_trainable
-from esta.pareto import assign_intervals
+from esta.pareto import deployment_slots
 from esta.sampling import SamplerConfig, StitchSampler
 from esta.train import TrainConfig, clear_checkpoints, pick_device, train
 
@@ -29,9 +29,11 @@ cfg = TrainConfig(epochs=t["epochs"], batch_size=t["batch_size"], lr=t["lr"], we
                   warmup_epochs=t["warmup_epochs"], seed=seed, checkpoint_every_s=p.checkpoint_every_s)
 scfg = SamplerConfig(**p.sampler) if not alone else SamplerConfig(kind="uniform")
 groups = None
-if scfg.kind == "grouped":  # deployment intervals over stitch parameters (spec §11)
-    table = pd.read_csv(inp.stitches).set_index("stitch_id").loc[range(net.num_stitches)]
-    groups = assign_intervals(table["params"], p.intervals)
+if scfg.kind == "grouped":
+    # the deployment slots over stitch parameters (spec §11): each anchor a slot of its own, so the
+    # large anchor, whose per-parameter importance is the smallest, is not starved inside its interval
+    table = pd.read_csv(inp.stitches).set_index("stitch_id").loc[range(net.num_stitches)].reset_index()
+    groups = deployment_slots(table, p.intervals, cost="params")
 sampler = StitchSampler(net.num_stitches, cfg.total_steps(len(data)), scfg, seed=seed, groups=groups)
 counts = count_trainable(model)
 log.info("%s: %d stitches, trainable %s", snakemake.rule, net.num_stitches, counts)
@@ -41,7 +43,7 @@ settings = dict(rule=snakemake.rule, pst=p.pst, sampler=scfg.to_dict(), dtype=p.
                 code=[runtime.file_digest(f) for f in inp.code])
 result = train(model, data, cfg, sampler, p.ckpt_dir, settings=settings, device=device)
 meta = dict(rule=snakemake.rule, seed=seed, pst=p.pst, sampler=scfg.to_dict(), train=cfg.to_dict(), dtype=p.dtype,
-            provenance=runtime.provenance(device))
+            groups=None if groups is None else [int(g) for g in groups], provenance=runtime.provenance(device))
 save_tensors(model.trainable(), out.model, meta)
 runtime.write_csv(pd.DataFrame(result.history), out.history)
 runtime.write_csv(sampler.stats(), out.stats)

@@ -100,7 +100,18 @@ elif name == "visits":
         ax.legend(loc="lower right", fontsize=7)
 elif name.startswith("ablation_"):
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    curves(ax, df, "label", lambda v, g: f"{v}: mean {100 * g['mean_accuracy'].iloc[0]:.1f} %")
+    def ablation_label(v, g):
+        r = g.iloc[0]
+        text = f"{v}: mean {100 * r['mean_accuracy']:.1f} %"
+        if name in ("ablation_peft", "ablation_stages"):  # and what it costs to train
+            text += (f", {r['trainable_params'] / 1e6:.2f} M trainable, {r['train_wall_s']:.0f} s,"
+                     f" {r['train_peak_rss_mb']:.0f} MB")
+        return text
+
+    curves(ax, df, "label", ablation_label)
+    if name in ("ablation_peft", "ablation_stages"):  # long labels: the legend goes below the axes
+        fig.set_size_inches(6.5, 5.6)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=7)
     ax.set_title(f"Ablation: {name.removeprefix('ablation_')} ({df['n_tasks'].max()} tasks, ESTA)")
 elif name == "importance_vs_accuracy":
     tasks = list(dict.fromkeys(df["task"]))

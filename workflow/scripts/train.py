@@ -1,17 +1,21 @@
 """Train a stitched model on one task: ESTA (PST + importance sampling) or SN-Net's `stitch` step
 (everything trains, stitches drawn uniformly). One loop, esta.train.train, serves both."""
 
+import json
+from pathlib import Path
+
 import pandas as pd
 import torch
 
 from esta import runtime
-from esta.vit.build import tuning_config, assemble, data_key, open_task, read_manifest, save_tensors
+from esta.vit.build import tuning_config, assemble, data_key, load_tensors_file, open_task, read_manifest, save_tensors
 from esta.analysis import SNAPSHOT_FRACS, snapshot_steps
 from esta.vit.anchors import family_at
 from esta.vit.data import describe_transform, mode_splits
 from esta.pareto import deployment_slots
 from esta.sampling import SamplerConfig, StitchSampler
 from esta.train import TrainConfig, clear_checkpoints, pick_device, train
+from esta.vit.stages import start_from_adapted
 from esta.vit.tuning import count_trainable
 
 log = runtime.start_job(snakemake)
@@ -29,6 +33,14 @@ acfg = tuning_config(method, p.method)
 # SN-Net's adapted anchors keep the head trained on this task; upstream heads are new
 model = assemble(family_at(p.family, p.img_size), manifest["num_classes"], inp.anchors, inp.stitch, acfg,
                  task=manifest["task"])
+stages = dict(stages="one") if method == "esta" else {}  # ESTA's esta.stages (SN-Net is always multistage)
+if inp.get("adapted"):  # three-stage ESTA: start from the anchors PST adapted alone (esta.vit.stages)
+    n = start_from_adapted(model, [load_tensors_file(f)[0] for f in inp.adapted], list(inp.adapted))
+    stage1 = [json.loads(Path(f).with_suffix(".json").read_text()) for f in inp.adapted]
+    stages = dict(stages="three", adapt_steps=sum(r["steps"] for r in stage1),
+                  adapt_wall_s=sum(r["wall_s"] for r in stage1),
+                  adapt_peak_rss_mb=max(r["peak_rss_mb"] for r in stage1))
+    log.info("three-stage: started from %d tensors of %d adapted anchors", n, len(stage1))
 cfg = TrainConfig(**p.train, seed=seed, checkpoint_every_s=p.checkpoint_every_s, num_workers=p.num_workers)
 scfg = SamplerConfig(**p.sampler)
 groups = None
@@ -40,14 +52,15 @@ n_trainable = count_trainable(model)
 log.info("%s on %s (%s): %d stitches, %d trainable parameters", method, w.task, w.mode,
          model.net.num_stitches, n_trainable)
 settings = dict(method=method, tuning=acfg.to_dict(), sampler=scfg.to_dict(), task=w.task, mode=w.mode,
-                inputs=[runtime.file_digest(f) for f in [inp.stitch, *inp.anchors]],
+                stages=stages.get("stages"),
+                inputs=[runtime.file_digest(f) for f in [inp.stitch, *inp.anchors, *inp.get("adapted", [])]],
                 code=[runtime.file_digest(f) for f in inp.code], data=data_key(manifest), transform=transform)
 # ESTA keeps snapshots of its trainable state for the gradient-interference analysis (spec §10)
 snap = snapshot_steps(sampler.total_steps) if "snapshots" in out.keys() else []
 result = train(model, data, cfg, sampler, p.ckpt_dir, settings=settings, device=device, snapshot_at=snap)
 
 meta = dict(method=method, task=w.task, seed=seed, mode=w.mode, tuning=acfg.to_dict(), sampler=scfg.to_dict(),
-            train=cfg.to_dict(), transform=transform, provenance=runtime.provenance(device))
+            train=cfg.to_dict(), transform=transform, provenance=runtime.provenance(device), **stages)
 save_tensors(model.trainable(), out.model, meta)
 if snap:
     tensors = {f"{step}/{k}": v for step, state in result.snapshots.items() for k, v in state.items()}

@@ -1,5 +1,7 @@
-"""Train one anchor on its own, fully: upstream pretraining of the embedded family, SN-Net's
-`adapt` step on a task, or the from-scratch control (no anchor input: random init). It is the same loop as every other training (a one-stitch model)."""
+"""Train one anchor on its own: fully for the upstream pretraining of the embedded family, SN-Net's
+`adapt` step on a task and the from-scratch control (no anchor input: random init); with PST for
+stage 1 of three-stage ESTA (esta_adapt_anchor: the variant's PEFT and recipe, esta.vit.stages). It
+is the same loop as every other training (a one-stitch model)."""
 
 import time
 
@@ -8,7 +10,7 @@ import torch
 from esta import runtime
 from esta.vit.tuning import TuningConfig, make_tunable
 from esta.vit.anchors import build_anchor, family, family_at
-from esta.vit.build import data_key, open_task, read_manifest, save_tensors
+from esta.vit.build import data_key, open_task, read_manifest, save_tensors, tuning_config
 from esta.vit.data import describe_transform, mode_splits
 from esta.vit.evaluate import evaluate
 from esta.sampling import SamplerConfig, StitchSampler
@@ -32,7 +34,9 @@ torch.manual_seed(seed)
 # the input is an upstream anchor (or none): its head is never this task's, so the head is new
 anchor_file = inp.get("anchor") or None  # the control (scratch) declares no anchor: an empty input
 anchor = build_anchor(spec, manifest["num_classes"], anchor_file, keep_head=False)
-model = make_tunable(StitchedViT([anchor]), TuningConfig(mode="full"))
+pst = p.get("method") is not None  # three-stage ESTA's stage 1: PST on the anchor alone
+tcfg = tuning_config("esta", p.method) if pst else TuningConfig(mode="full")
+model = make_tunable(StitchedViT([anchor]), tcfg)
 cfg = TrainConfig(**p.train, seed=seed, checkpoint_every_s=p.checkpoint_every_s, num_workers=p.num_workers)
 sampler = StitchSampler(1, cfg.total_steps(len(train_set)), SamplerConfig(kind="uniform"), seed=seed)
 inputs = {"anchor": runtime.file_digest(anchor_file)} if anchor_file else {}
@@ -55,10 +59,15 @@ eval_s = time.monotonic() - t0  # training time (all segments of a resumed run) 
 meta = dict(anchor=spec.name, timm_name=spec.timm_name, kwargs=spec.kwargs, num_classes=manifest["num_classes"],
             task=manifest["task"], split=split, seed=seed, train=cfg.to_dict(),
             transform=describe_transform(**tf), provenance=runtime.provenance(device))
-save_tensors(model.net.anchors[0].state_dict(), out.weights, meta)
+if pst:  # the trainable state (PEFT, head, own biases), which esta.vit.stages maps onto the family
+    meta["tuning"] = tcfg.to_dict()
+    save_tensors(model.trainable(), out.state, meta)
+else:
+    save_tensors(model.net.anchors[0].state_dict(), out.weights, meta)
 runtime.write_json(out.info, dict(meta, eval_split=eval_split, accuracy=acc, test_accuracy=test_acc,
                                   init="pretrained" if anchor_file else "scratch", steps=result.steps,
                                   wall_s=result.wall_s + eval_s, wall_s_segment=result.wall_s_segment,
                                   eval_wall_s=eval_s, params=sum(t.numel() for t in anchor.parameters()),
+                                  trainable_params=sum(t.numel() for t in model.trainable().values()),
                                   peak_rss_mb=runtime.peak_rss_mb(), peak_device_mb=runtime.peak_device_mb(device)))
 clear_checkpoints(p.ckpt_dir)
