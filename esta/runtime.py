@@ -104,6 +104,19 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def read_benchmarks(files) -> pd.DataFrame:
+    """Snakemake ``benchmark:`` files as one table, each row tagged with its ``rule`` and ``job`` (the
+    path below ``benchmarks/``: ``<rule>/<job wildcards...>``), the lead columns first."""
+    frames = []
+    for f in files:
+        parts = Path(f).with_suffix("").parts
+        rel = parts[parts.index("benchmarks") + 1 :]
+        frames.append(pd.read_csv(f, sep="\t").assign(rule=rel[0], job="/".join(rel[1:])))
+    df = pd.concat(frames, ignore_index=True)
+    lead = ["rule", "job", "s", "max_rss", "cpu_time"]
+    return df[lead + [c for c in df.columns if c not in lead]]
+
+
 def read_listing(folder: str | Path, name: str) -> tuple[Path, dict]:
     """The path and JSON of the manifest ``name`` of a shipped folder, or an error naming it."""
     path = Path(folder) / name

@@ -78,19 +78,10 @@ steps = {("esta", "train"): per_run.loc[["esta"]].sum(), ("snnet", "stitch"): pe
          ("snnet", "adapt"): sum(r["steps"] for r in read_json(snakemake.input.adapt_info))}
 
 
-def merged(bench_files) -> pd.DataFrame:
-    """Benchmark files outside benchmarks.csv, in its form (rule, job, s, max_rss)."""
-    frames = []
-    for f in bench_files:
-        parts = Path(f).with_suffix("").parts
-        rel = parts[parts.index("benchmarks") + 1:]
-        frames.append(pd.read_csv(f, sep="\t").assign(rule=rel[0], job="/".join(rel[1:])))
-    return pd.concat(frames, ignore_index=True) if frames else bench.iloc[:0]
-
-
-runs = {"esta": deployed.groupby(["task", "seed"]).ngroups, "snnet": deployed.groupby(["task", "seed"]).ngroups}
-if p.three:  # three-stage ESTA, from the stages ablation
-    bench = pd.concat([bench, merged(snakemake.input.three_bench)], ignore_index=True)
+n_runs = deployed.groupby(["task", "seed"]).ngroups
+runs = {"esta": n_runs, "snnet": n_runs}
+if p.three:  # three-stage ESTA, from the stages ablation (its benchmark files are not in benchmarks.csv)
+    bench = pd.concat([bench, runtime.read_benchmarks(snakemake.input.three_bench)], ignore_index=True)
     variant = next(iter(p.three))
     for step, rules in (("adapt", [("esta_adapt_anchor", f"{variant}/")]),
                         ("train", [("ls_init", f"esta/{variant}/"), ("train_esta", f"{variant}/")]),
