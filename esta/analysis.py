@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import itertools
 
-import pandas as pd
-import torch
-from scipy.stats import spearmanr
+from typing import TYPE_CHECKING
 
-from esta.vit.tuning import TunableViT
+import pandas as pd
+
+if TYPE_CHECKING:  # the table functions run in jobs that never import torch
+    import torch
+
+    from esta.vit.tuning import TunableViT
 
 __all__ = ["SNAPSHOT_FRACS", "snapshot_steps", "importance_vs_accuracy", "lora_gradients",
            "gradient_cosines", "summarize_cosines", "stored_params", "selection_ablation", "visit_counts",
@@ -39,6 +42,8 @@ def importance_vs_accuracy(stats: pd.DataFrame, accuracy: pd.DataFrame) -> tuple
     """Join final importance (``stitch_id, importance, visits``) with measured accuracy
     (``stitch_id, selection_accuracy``) for the stitches training visited (an unvisited stitch has
     no importance estimate), and Spearman's rho over them (NaN-free: a constant column gives 0)."""
+    from scipy.stats import spearmanr  # a second of import time the other tables need not pay
+
     df = stats[["stitch_id", "importance", "visits"]].merge(accuracy[["stitch_id", "selection_accuracy"]],
                                                              on="stitch_id", validate="one_to_one")
     seen = df[(df["visits"] > 0) & df["importance"].notna()].reset_index(drop=True)
@@ -59,6 +64,8 @@ def _lora_params(model: TunableViT, stitch_id: int) -> dict[str, list[torch.nn.P
 def lora_gradients(model: TunableViT, x: torch.Tensor, y: torch.Tensor, stitch_id: int) -> dict[str, torch.Tensor]:
     """Gradient of the batch loss through ``stitch_id`` w.r.t. each LoRA module on its path (A, B
     flattened and concatenated), keyed by module name."""
+    import torch
+
     groups = _lora_params(model, stitch_id)
     if not groups:
         raise ValueError("the model has no LoRA parameters (gradient interference needs PST)")
@@ -76,6 +83,8 @@ def gradient_cosines(model: TunableViT, x: torch.Tensor, y: torch.Tensor,
     LoRA module, over the modules both use. Pairs where either gradient is zero on the shared
     modules (no direction, e.g. LoRA B still zero) are left out, so the column has no NaN.
     Columns: stitch_a, stitch_b, shared_modules, cosine."""
+    import torch
+
     ids = list(range(model.net.num_stitches)) if stitch_ids is None else list(stitch_ids)
     was_training = model.training
     model.eval()

@@ -11,8 +11,12 @@ import resource
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: table and plot jobs never need it
+    import torch
 
 __all__ = [
     "start_job",
@@ -35,7 +39,10 @@ def start(log_file: str | Path | None, threads: int) -> logging.Logger:
         stream = open(log_file, "a", buffering=1)  # noqa: SIM115 - lives as long as the job
         sys.stderr = stream
     n = max(1, min(int(threads), os.cpu_count() or 1))
-    torch.set_num_threads(n)
+    if "torch" in sys.modules:  # model jobs import it before starting; table jobs never do
+        sys.modules["torch"].set_num_threads(n)
+    else:  # read by torch (OpenMP, MKL) if something imports it later
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
     )
@@ -54,6 +61,8 @@ def start_job(smk) -> logging.Logger:
 def provenance(device: torch.device | str | None = None) -> dict:
     """Library versions, device and dtype: recorded in every metrics file and checkpoint."""
     from importlib.metadata import version  # not `import peft`: that costs seconds (transformers)
+
+    import torch
 
     device = torch.device(device or "cpu")
     info = dict(
@@ -140,4 +149,6 @@ def peak_device_mb(device: torch.device) -> float | None:
     """Peak CUDA memory allocated by torch in MiB; None on CPU (see peak_rss_mb)."""
     if device.type != "cuda":
         return None
+    import torch
+
     return torch.cuda.max_memory_allocated(device) / 2**20

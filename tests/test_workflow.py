@@ -240,11 +240,14 @@ def test_cost_table(smoke):
 
 
 def test_ablation_tables_compare_their_variants(smoke):
-    epochs = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())["esta"]["train"]["epochs"]
+    cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    epochs = cfg["esta"]["train"]["epochs"]
+    ranks = [cfg["esta"]["lora"]["rank"] if v == "default" else cfg["variants"][v]["esta"]["lora"]["rank"]
+             for v in cfg["ablations"]["rank"]]
     expected = {"bias": {"stitch-specific biases", "shared biases"},
                 "sampling": {"grouped sampling", "importance sampling", "uniform sampling"},
                 "selection": {"importance", "importance, refreshed", "evaluate-all"},
-                "rank": {"r = 2", "r = 4", "r = 8", "r = 16"},
+                "rank": {f"r = {r}" for r in ranks},
                 "peft": {"LoRA", "DoRA", "IA³", "Adapter", "AdaptFormer"},
                 "stages": {f"one-stage ({epochs} epochs)", f"three-stage ({epochs} epochs per stage)"}}
     for name, labels in expected.items():

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-from esta.info import stitch_table
-
 __all__ = ["head_split", "with_task_head", "deployed_metrics", "anchors_alone"]
 
 
@@ -24,6 +22,8 @@ def head_split(family_name: str, head_classes: int) -> pd.DataFrame:
     head-free ``params_nohead`` (``macs_nohead`` is already there) and the head's cost per class,
     ``head_params_per_class`` and ``head_macs_per_class``, measured by counting a second table with
     one class more (so any head linear in the class count is split exactly)."""
+    from esta.info import stitch_table  # builds models on the meta device: torch and timm, here only
+
     t = stitch_table(family_name, head_classes)
     more = stitch_table(family_name, head_classes + 1).set_index("stitch_id").loc[t["stitch_id"]]
     per_param = more["params"].to_numpy() - t["params"].to_numpy()

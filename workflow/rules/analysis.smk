@@ -38,6 +38,7 @@ rule cost_table:
             "vit/stitch",
             "vit/build",
             "vit/data",
+            "vit/tasks",
         ),
     output:
         f"{R}/tables/cost.csv",
@@ -112,7 +113,7 @@ rule grad_interference:
         stitch=esta_stitch_init("tuning"),
         snapshots=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/snapshots.safetensors",
         data=f"{R}/data/{{task}}/manifest.json",
-        code=code("analysis", "vit/tuning", "vit/build", "vit/data"),
+        code=code("analysis", "vit/tuning", "vit/build", "vit/data", "vit/tasks"),
     output:
         f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/grad_interference.csv",
     log:

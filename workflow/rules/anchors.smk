@@ -11,6 +11,7 @@ rule pretrain_anchor:
             "vit/evaluate",
             "vit/build",
             "vit/data",
+            "vit/tasks",
         ),
     output:
         weights=f"{R}/anchors/{{family}}/anchor{{i}}.safetensors",
@@ -111,6 +112,7 @@ rule ls_init:
             "vit/stitch",
             "vit/build",
             "vit/data",
+            "vit/tasks",
             "vit/tuning",
             "vit/adapters",
             "vit/stages",

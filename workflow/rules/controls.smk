@@ -11,7 +11,7 @@ rule anchors_alone_table:
             i=ANCHORS,
         ),
         stitches=f"{R}/tables/stitches.csv",
-        code=code("vit/metrics"),
+        code=code("vit/metrics", "vit/tasks"),
     output:
         f"{R}/tables/anchors_alone.csv",
     log:

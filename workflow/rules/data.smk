@@ -13,7 +13,7 @@ rule resolve_config:
 
 rule prepare_data:
     input:
-        code=code("vit/data", "vit/embedded"),
+        code=code("vit/data", "vit/tasks", "vit/embedded"),
     output:
         f"{R}/data/{{task}}/manifest.json",
     log:
@@ -35,7 +35,7 @@ rule register_data:
     the data root is a param, so the DAG plans without the data; changed list files rerun it).
     """
     input:
-        code=code("vit/data", "vit/build"),
+        code=code("vit/data", "vit/tasks", "vit/build"),
     output:
         f"{R}/data/{{task}}/manifest.json",
     log:
@@ -55,7 +55,7 @@ rule register_data:
 
 rule prepare_upstream:
     input:
-        code=code("vit/data", "vit/embedded", "vit/upstream"),
+        code=code("vit/data", "vit/tasks", "vit/embedded", "vit/upstream"),
     output:
         f"{R}/data/upstream/manifest.json",
     log:

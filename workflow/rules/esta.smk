@@ -6,6 +6,7 @@ TRAIN_CODE = code(
     "train",
     "vit/build",
     "vit/data",
+    "vit/tasks",
     "vit/adapters",
     "vit/stages",
     "pareto",
@@ -96,7 +97,7 @@ rule select_esta:
         stitch=esta_stitch_init("tuning"),
         model=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/model.safetensors",
         data=f"{R}/data/{{task}}/manifest.json",
-        code=code("sampling", "pareto", "vit/build", "vit/data"),
+        code=code("sampling", "pareto", "vit/build", "vit/data", "vit/tasks"),
     output:
         f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/deployed.csv",
     log:

@@ -4,7 +4,7 @@ rule evaluate_stitches:
     input:
         unpack(trained_model("tuning")),
         data=f"{R}/data/{{task}}/manifest.json",
-        code=code("vit/evaluate", "vit/build", "vit/data"),
+        code=code("vit/evaluate", "vit/build", "vit/data", "vit/tasks"),
     output:
         f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/tuning/stitch_accuracy_{{split}}.csv",
     log:
@@ -36,7 +36,7 @@ rule evaluate_deployed:
         unpack(model_inputs),
         deployed=f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/tuning/deployed.csv",
         data=f"{R}/data/{{task}}/manifest.json",
-        code=code("vit/evaluate", "vit/build", "vit/data"),
+        code=code("vit/evaluate", "vit/build", "vit/data", "vit/tasks"),
     output:
         f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/test_accuracy.csv",
     log:
@@ -65,7 +65,7 @@ rule export_deployed:
     input:
         unpack(model_inputs),
         accuracy=f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/test_accuracy.csv",
-        code=code("vit/export", "vit/build", "vit/data"),
+        code=code("vit/export", "vit/build", "vit/data", "vit/tasks"),
     output:
         directory(f"{R}/{{method}}/{{variant}}/{{task}}/deployed/seed{{seed}}"),
     log:
@@ -104,7 +104,7 @@ rule task_metrics:
             seed=config["seeds"],
         ),
         stitches=f"{R}/tables/stitches.csv",
-        code=code("vit/metrics", "info"),
+        code=code("vit/metrics", "vit/tasks", "info"),
     output:
         f"{R}/{{method}}/{{variant}}/{{task}}/metrics.csv",
     log:

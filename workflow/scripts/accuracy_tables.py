@@ -4,7 +4,7 @@ the anchors trained alone from pretrained weights (`anchor_ft`) and from scratch
 import pandas as pd
 
 from esta import runtime
-from esta.vit.data import GROUPS
+from esta.vit.tasks import GROUPS
 from esta.pareto import accuracy_by_group, accuracy_by_task
 
 runtime.start_job(snakemake)

@@ -7,7 +7,7 @@ import re
 import pandas as pd
 
 from esta import runtime
-from esta.vit.data import task_info
+from esta.vit.tasks import task_info
 from esta.vit.metrics import anchors_alone
 
 runtime.start_job(snakemake)

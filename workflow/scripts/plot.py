@@ -26,6 +26,11 @@ if df.empty:
     raise ValueError(f"{snakemake.input.table} is empty: nothing to plot for {name}")
 
 
+def plural(n, noun: str) -> str:
+    n = int(n)
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def curves(ax, df, key, label_of, colors=None):
     """Deployed-stitch curves with error bars and anchor stars, one per value of ``key``."""
     for i, (value, g) in enumerate(df.groupby(key, sort=False)):
@@ -74,7 +79,7 @@ elif name == "llm_pareto":
         ax.set_ylabel(ylabel)
     rho = df[df["method"] == "esta"]["spearman_params_em"].iloc[0] if (df["method"] == "esta").any() else float("nan")
     axes[1].set_title(f"ESTA: Spearman rho(params, EM) = {rho:.2f}")
-    axes[0].set_title(f"Stitched LLaMA ({df['n_seeds'].max()} seeds)")
+    axes[0].set_title(f"Stitched LLaMA ({plural(df['n_seeds'].max(), 'seed')})")
     axes[1].legend(loc="best", fontsize=7)
 elif name == "visits":
     # Training visits of every stitch (mean over tasks and seeds) against its cost: does every
@@ -112,7 +117,7 @@ elif name.startswith("ablation_"):
     if name in ("ablation_peft", "ablation_stages"):  # long labels: the legend goes below the axes
         fig.set_size_inches(6.5, 5.6)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=7)
-    ax.set_title(f"Ablation: {name.removeprefix('ablation_')} ({df['n_tasks'].max()} tasks, ESTA)")
+    ax.set_title(f"Ablation: {name.removeprefix('ablation_')} ({plural(df['n_tasks'].max(), 'task')}, ESTA)")
 elif name == "importance_vs_accuracy":
     tasks = list(dict.fromkeys(df["task"]))
     cols = min(3, len(tasks))
@@ -137,7 +142,7 @@ elif name == "grad_interference":
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xlabel("training progress")
     ax.set_ylabel("cosine of shared-LoRA gradients")
-    ax.set_title(f"Gradient interference between stitches ({d['task'].nunique()} tasks)")
+    ax.set_title(f"Gradient interference between stitches ({plural(d['task'].nunique(), 'task')})")
 else:
     raise ValueError(f"no plot is defined for {name!r}")
 

@@ -5,11 +5,7 @@ With `refresh`, importance is first recomputed for every stitch on one fixed tra
 import pandas as pd
 
 from esta import runtime
-from esta.vit.build import assemble, fixed_batch, open_task, read_manifest, tuning_config
-from esta.vit.anchors import family_at
-from esta.vit.data import mode_splits
 from esta.pareto import select_deployed
-from esta.sampling import refresh_importance
 
 log = runtime.start_job(snakemake)
 p, inp = snakemake.params, snakemake.input
@@ -17,7 +13,12 @@ stitches = pd.read_csv(inp.stitches)
 stats = pd.read_csv(inp.stats).set_index("stitch_id").loc[stitches["stitch_id"]]
 d = p.deploy
 score = stats["importance"].to_numpy()
-if p.refresh:
+if p.refresh:  # only then a model: the plain selection is a table job and starts without torch
+    from esta.sampling import refresh_importance
+    from esta.vit.anchors import family_at
+    from esta.vit.build import assemble, fixed_batch, open_task, read_manifest, tuning_config
+    from esta.vit.data import mode_splits
+
     manifest = read_manifest(inp.data)
     model = assemble(family_at(p.family, p.img_size), manifest["num_classes"], inp.anchors, inp.stitch,
                      tuning_config("esta", p.method), state_file=inp.model, task=manifest["task"])

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 
 from esta import runtime
-from esta.vit.data import task_info
+from esta.vit.tasks import task_info
 from esta.vit.metrics import deployed_metrics
 
 runtime.start_job(snakemake)

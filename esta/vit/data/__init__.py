@@ -13,7 +13,8 @@ per format behind the one :func:`open_split` API:
 This module holds what is shared by every suite:
 
 - ``TASKS`` / :func:`task_info`: the one table of tasks (classes, VTAB group, folder under the data
-  root). Ids are prefixed by suite, so ``vtab/oxford_flowers102`` and ``fgvc/oxford_flowers`` differ.
+  root), defined in :mod:`esta.vit.tasks` (no torch) and re-exported. Ids are prefixed by suite, so
+  ``vtab/oxford_flowers102`` and ``fgvc/oxford_flowers`` differ.
 - :func:`mode_splits`: (training split, evaluation split) of a task in ``tuning`` mode (selects
   stitches) or ``final`` mode (produces the reported numbers), spec §8 "Splits".
 - the transforms (:mod:`esta.vit.data.transforms`, re-exported): :func:`eval_transform` (VTAB,
@@ -31,15 +32,15 @@ Nothing here downloads anything: a missing folder or file fails with its path an
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+
 import torch
 
 from esta.runtime import file_digest
+from esta.vit.tasks import GROUPS, TASKS, TaskInfo, is_relative_inside, task_info, task_path
 from esta.vit.data.cifar import (CIFAR_FILES, CIFAR_FOLDER, CIFAR_LAYOUT, CIFAR_SPLITS, CIFAR_VAL_FRACTION,
                                  CIFAR_VAL_SEED, Cifar100Folder, check_cifar, cifar_split, cifar_val_indices)
 from esta.vit.data.fgvc import FGVC_JSON_FILES, FGVC_LAYOUT, FGVC_SPLITS, FGVC_TRAIN_SPLITS, FgvcJson, check_fgvc
-from esta.vit.data.files import is_relative_inside
 from esta.vit.data.transforms import (FGVC_INTERPOLATIONS, IMAGENET_MEAN_STD, NORMALIZE, describe_transform,
                                       eval_transform, fgvc_transform, interpolation_mode, normalization)
 from esta.vit.data.vtab import VTAB_LAYOUT, VTAB_LIST_FILES, VTAB_SPLITS, VtabFolder, check_vtab, write_vtab_task
@@ -53,93 +54,6 @@ __all__ = [
     "VTAB_LIST_FILES", "VtabFolder", "write_vtab_task", "FGVC_JSON_FILES", "FgvcJson",
     "CIFAR_FOLDER", "CIFAR_FILES", "CIFAR_VAL_SEED", "CIFAR_VAL_FRACTION", "Cifar100Folder", "cifar_val_indices",
 ]
-
-GROUPS = ("Natural", "Specialized", "Structured", "FGVC")
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    """One row of the task table.
-
-    Args:
-        task_id: canonical id, ``<suite>/<name>`` (``cifar100`` for full CIFAR-100).
-        suite: ``vtab``, ``fgvc``, ``cifar`` or ``embedded``; decides the on-disk format.
-        name: the task's name inside its suite.
-        num_classes: number of classes (>= 2).
-        group: VTAB group (Natural / Specialized / Structured) or FGVC.
-        folder: the task's folder relative to a data root (posix). Empty means ``<suite>/<name>``.
-        image_dir: FGVC only: the image root inside ``folder`` that json paths are relative to
-            (``""``: the folder itself).
-    """
-
-    task_id: str
-    suite: str
-    name: str
-    num_classes: int
-    group: str
-    folder: str = ""
-    image_dir: str = ""
-
-    def __post_init__(self):
-        if not isinstance(self.num_classes, int) or self.num_classes < 2:
-            raise ValueError(f"task {self.task_id!r}: num_classes must be an int >= 2, got {self.num_classes!r}")
-        if self.group not in GROUPS:
-            raise ValueError(f"task {self.task_id!r}: group {self.group!r} is not one of {GROUPS}")
-        if not self.suite or not self.name or "/" in self.name:
-            raise ValueError(f"task {self.task_id!r}: bad suite {self.suite!r} or name {self.name!r}")
-        if not self.folder:
-            object.__setattr__(self, "folder", f"{self.suite}/{self.name}")
-        for field in ("folder", "image_dir"):
-            value = getattr(self, field)
-            if not is_relative_inside(value):
-                raise ValueError(f"task {self.task_id!r}: {field} {value!r} must be a relative posix path "
-                                 "without '..'")
-
-
-# (name, classes) per VTAB-1k group, exactly as spec §8. The folder names of the widely distributed
-# VTAB-1k copy equal these names.
-_VTAB = {
-    "Natural": [("cifar", 100), ("caltech101", 102), ("dtd", 47), ("oxford_flowers102", 102),
-                ("oxford_iiit_pet", 37), ("svhn", 10), ("sun397", 397)],
-    "Specialized": [("patch_camelyon", 2), ("eurosat", 10), ("resisc45", 45), ("diabetic_retinopathy", 5)],
-    "Structured": [("clevr_count", 8), ("clevr_dist", 6), ("dmlab", 6), ("kitti", 4), ("dsprites_loc", 16),
-                   ("dsprites_ori", 16), ("smallnorb_azi", 18), ("smallnorb_ele", 9)],
-}
-# (name, classes, VPT's folder name, image root inside it) per FGVC task, spec §8.
-_FGVC = [("cub", 200, "CUB_200_2011", "images"), ("nabirds", 555, "nabirds", "images"),
-         ("oxford_flowers", 102, "OxfordFlower", ""), ("stanford_dogs", 120, "Stanford-dogs", "Images"),
-         ("stanford_cars", 196, "Stanford-cars", "")]
-# The embedded suite (32x32 images generated offline by esta/vit/embedded.py, which holds only the
-# generators keyed by these names). Defined here so the table stays one table and this package
-# never imports embedded.py (embedded.py imports it for write_vtab_task).
-_EMBEDDED = [("digits", "Natural", 10), ("mnist", "Natural", 10), ("textures", "Natural", 10),
-             ("medical", "Specialized", 5),
-             ("count", "Structured", 6), ("sprite_loc", "Structured", 16), ("sprite_ori", "Structured", 8)]
-
-
-def _build_tasks() -> dict[str, TaskInfo]:
-    rows = [TaskInfo(f"vtab/{n}", "vtab", n, c, g, folder=f"vtab-1k/{n}") for g, items in _VTAB.items()
-            for n, c in items]
-    rows += [TaskInfo(f"fgvc/{n}", "fgvc", n, c, "FGVC", folder=f"fgvc/{d}", image_dir=i) for n, c, d, i in _FGVC]
-    rows.append(TaskInfo("cifar100", "cifar", "cifar100", 100, "Natural", folder="cifar100"))
-    rows += [TaskInfo(f"embedded/{n}", "embedded", n, c, g, folder=f"embedded/{n}") for n, g, c in _EMBEDDED]
-    return {r.task_id: r for r in rows}
-
-
-TASKS: dict[str, TaskInfo] = _build_tasks()
-
-
-def task_info(task_id: str) -> TaskInfo:
-    """The table row of ``task_id``; an unknown id fails with the list of known ids."""
-    if task_id not in TASKS:
-        raise ValueError(f"unknown task id {task_id!r}; known ids: {', '.join(TASKS)}")
-    return TASKS[task_id]
-
-
-def task_path(data_root: str | os.PathLike, task_id: str) -> Path:
-    """The folder of ``task_id`` under ``data_root`` (``<data_root>/<TaskInfo.folder>``)."""
-    return Path(data_root) / task_info(task_id).folder
-
 
 # ---- layouts ------------------------------------------------------------------------------------
 
