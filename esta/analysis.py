@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import itertools
-
 from typing import TYPE_CHECKING
 
 import pandas as pd

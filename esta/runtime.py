@@ -10,7 +10,6 @@ import platform
 import resource
 import sys
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import pandas as pd

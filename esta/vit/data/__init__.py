@@ -37,13 +37,13 @@ from pathlib import Path
 import torch
 
 from esta.runtime import file_digest
-from esta.vit.tasks import GROUPS, TASKS, TaskInfo, is_relative_inside, task_info, task_path
 from esta.vit.data.cifar import (CIFAR_FILES, CIFAR_FOLDER, CIFAR_LAYOUT, CIFAR_SPLITS, CIFAR_VAL_FRACTION,
                                  CIFAR_VAL_SEED, Cifar100Folder, check_cifar, cifar_split, cifar_val_indices)
 from esta.vit.data.fgvc import FGVC_JSON_FILES, FGVC_LAYOUT, FGVC_SPLITS, FGVC_TRAIN_SPLITS, FgvcJson, check_fgvc
 from esta.vit.data.transforms import (FGVC_INTERPOLATIONS, IMAGENET_MEAN_STD, NORMALIZE, describe_transform,
                                       eval_transform, fgvc_transform, interpolation_mode, normalization)
 from esta.vit.data.vtab import VTAB_LAYOUT, VTAB_LIST_FILES, VTAB_SPLITS, VtabFolder, check_vtab, write_vtab_task
+from esta.vit.tasks import GROUPS, TASKS, TaskInfo, task_info, task_path
 
 __all__ = [
     "GROUPS", "TaskInfo", "TASKS", "task_info", "task_path", "DATA_ROOT_LAYOUT",

@@ -16,7 +16,8 @@ from typing import Callable
 
 import torch
 
-from esta.vit.data.files import check_header, is_relative_inside, load_rgb
+from esta.vit.data.files import check_header, load_rgb
+from esta.vit.tasks import is_relative_inside
 
 FGVC_SPLITS = ("train", "val", "trainval", "test")
 # Training splits that get FGVC's random crop + flip (spec §8); every other split is deterministic.

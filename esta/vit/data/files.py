@@ -10,8 +10,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from esta.vit.tasks import is_relative_inside  # noqa: F401 - the FGVC reader checks its keys with it
-
 
 def load_rgb(path: Path) -> Image.Image:
     """Decode ``path`` as a 3-channel RGB image; any failure is an OSError naming the path."""
