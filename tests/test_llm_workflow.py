@@ -94,6 +94,12 @@ def test_smoke_llm_part_runs(tmp_path):
     assert info["steps"] == cfg["llm"]["pretrain"]["steps"][1] and info["check_metric"] == "em"
     bench = work / "results" / "benchmarks" / "llm_train_esta" / "default" / "seed0.tsv"
     assert bench.is_file()
+    # llm.adapt sets the baseline's own epochs; ESTA keeps llm.train's
+    esta = json.loads((work / "results" / "llm" / "esta" / "default" / "seed0" / "train.json").read_text())
+    for i in (0, 1):
+        alone = json.loads((work / "results" / "llm" / "anchor_ft" / "seed0" / f"anchor{i}" / "train.json").read_text())
+        assert alone["train"]["epochs"] == cfg["llm"]["adapt"]["epochs"] != esta["train"]["epochs"]
+        assert alone["steps"] == esta["steps"] * cfg["llm"]["adapt"]["epochs"] / cfg["llm"]["train"]["epochs"]
 
 
 def write_tiny_folders(root: Path) -> list[str]:

@@ -242,13 +242,21 @@ def test_cost_table(smoke):
 def test_ablation_tables_compare_their_variants(smoke):
     cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
     epochs = cfg["esta"]["train"]["epochs"]
-    ranks = [cfg["esta"]["lora"]["rank"] if v == "default" else cfg["variants"][v]["esta"]["lora"]["rank"]
-             for v in cfg["ablations"]["rank"]]
+
+    def variant(v: str, *keys: str):
+        """A key of one ablation variant's ESTA settings (the default's where the variant is default)."""
+        node = cfg["esta"] if v == "default" else cfg["variants"][v]["esta"]
+        for k in keys:
+            node = node[k]
+        return node
+
+    ranks = [variant(v, "lora", "rank") for v in cfg["ablations"]["rank"]]
+    peft = {"lora": "LoRA", "dora": "DoRA", "ia3": "IA³", "adapter": "Adapter", "adaptformer": "AdaptFormer"}
     expected = {"bias": {"stitch-specific biases", "shared biases"},
-                "sampling": {"grouped sampling", "importance sampling", "uniform sampling"},
+                "sampling": {f"{variant(v, 'sampler', 'kind')} sampling" for v in cfg["ablations"]["sampling"]},
                 "selection": {"importance", "importance, refreshed", "evaluate-all"},
                 "rank": {f"r = {r}" for r in ranks},
-                "peft": {"LoRA", "DoRA", "IA³", "Adapter", "AdaptFormer"},
+                "peft": {peft[variant(v, "peft", "method")] for v in cfg["ablations"]["peft"]},
                 "stages": {f"one-stage ({epochs} epochs)", f"three-stage ({epochs} epochs per stage)"}}
     for name, labels in expected.items():
         t = pd.read_csv(smoke / "tables" / f"ablation_{name}.csv")

@@ -207,7 +207,6 @@ LLM_TRAIN_PARAMS = dict(
     folders=LLM_FOLDERS,
     dtype=LLM["dtype"],
     tokenizer=LLM["tokenizer"],
-    train=LLM["train"],
     device=config["device"],
     checkpoint_every_s=config["checkpoint_every_s"],
 )
@@ -237,6 +236,7 @@ rule llm_train_esta:
     params:
         **LLM_TRAIN_PARAMS,
         pst=llm_pst,
+        train=LLM["train"],
         sampler=LLM["sampler"],
         intervals=LLM["deploy"]["intervals"],
         ckpt_dir=lambda w: f"{R}/.checkpoints/llm/esta/{w.variant}/seed{w.seed}",
@@ -266,6 +266,7 @@ rule llm_adapt_anchor:
     params:
         **LLM_TRAIN_PARAMS,
         pst=llm_pst,
+        train={**LLM["train"], **LLM["adapt"]},
         ckpt_dir=lambda w: f"{R}/.checkpoints/llm/anchor_ft/seed{w.seed}/anchor{w.i}",
     script:
         "../scripts/llm_train.py"
