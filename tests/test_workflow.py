@@ -30,6 +30,16 @@ def test_dry_run_every_config(config, tmp_path):
     assert "train_esta" in out and "snnet_deploy" in out
 
 
+@pytest.mark.parametrize("scratch, anchors", [("largest", {2}), ("all", {0, 1, 2})])
+def test_scratch_control_trains_the_anchors_controls_names(scratch, anchors, tmp_path):
+    work = make_workdir(tmp_path)
+    out = snakemake(work, "-n", "--config", f"controls={{scratch: {scratch}}}",
+                    "--", "results/tables/anchors_alone.csv").stdout
+    planned = set(re.findall(r"results/scratch/default/(\S+)/seed0/tuning/adapt/anchor(\d)\.json", out))
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    assert planned == {(t, str(i)) for t in cfg["tasks"] for i in anchors}
+
+
 def test_lint():
     proc = subprocess.run([str(BIN / "snakemake"), "--lint"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -212,7 +222,11 @@ def test_accuracy_tables(smoke):
     numeric_complete(by_group, "accuracy_by_group")
     deployed = pd.concat([pd.read_csv(smoke / "tables" / "deployed.csv"),
                           pd.read_csv(smoke / "tables" / "anchors_alone.csv")])
-    assert len(deployed[deployed["method"] == "scratch"]) == 3 * len(cfg["tasks"])  # every anchor, every task
+    n_scratch = 1 if cfg["controls"]["scratch"] == "largest" else 3
+    scratch = deployed[deployed["method"] == "scratch"]
+    assert len(scratch) == n_scratch * len(cfg["tasks"])  # every task, the anchors controls.scratch names
+    assert set(scratch["stitch_id"]) == set(range(3)[-n_scratch:])
+    assert set(by_task.loc[by_task["method"] == "scratch", "deployed"]) == {n_scratch}
     for row in by_task.itertuples():
         d = deployed[(deployed["method"] == row.method) & (deployed["task"] == row.task)]
         assert row.accuracy_mean == pytest.approx(d["test_accuracy"].mean())

@@ -25,6 +25,11 @@ SHIPPED = "esta/vit/assets"
 SHIP_COMMAND = "snakemake ship_anchors --configfile config/upstream.yaml --cores 2 --set-threads pretrain_anchor=1"
 METHODS = ["esta", "snnet"]
 ANCHORS = list(range(len(family(config["family"]))))
+# the from-scratch control (controls.scratch): the largest anchor (families are small to large)
+# or every one
+SCRATCH_ANCHORS = (
+    ANCHORS[-1:] if config["controls"]["scratch"] == "largest" else ANCHORS
+)
 
 
 CPUS = os.cpu_count() or 1

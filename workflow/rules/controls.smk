@@ -1,15 +1,16 @@
 rule anchors_alone_table:
     """Reference runs beside the stitched palettes: each anchor fully fine-tuned alone from its
-    pretrained weights (SN-Net's `adapt`) and from scratch (the control), on the test split.
+    pretrained weights (SN-Net's `adapt`) and from scratch (the control: the anchors
+    `controls.scratch` names), on the test split.
     """
     input:
-        runs=expand(
-            f"{R}/{{method}}/default/{{task}}/seed{{seed}}/{eval_mode()}/adapt/anchor{{i}}.json",
-            method=["snnet", "scratch"],
-            task=config["tasks"],
-            seed=config["seeds"],
-            i=ANCHORS,
-        ),
+        runs=[
+            f"{R}/{method}/default/{task}/seed{seed}/{eval_mode()}/adapt/anchor{i}.json"
+            for method, anchors in (("snnet", ANCHORS), ("scratch", SCRATCH_ANCHORS))
+            for task in config["tasks"]
+            for seed in config["seeds"]
+            for i in anchors
+        ],
         stitches=f"{R}/tables/stitches.csv",
         code=code("vit/metrics", "vit/tasks"),
     output:

@@ -26,6 +26,8 @@ rule llm_prepare:
         info=f"{L}/data/data.json",
     log:
         f"{R}/logs/llm_prepare.log",
+    # priority: the chain to llm_train_esta, the longest job, goes first
+    priority: 10
     conda:
         "../envs/esta.yaml"
     params:
@@ -82,6 +84,7 @@ elif LLM_SHIPPED:
             f"{R}/logs/llm_install_anchor/anchor{{i}}.log",
         benchmark:
             f"{R}/benchmarks/llm_install_anchor/anchor{{i}}.tsv"
+        priority: 10
         conda:
             "../envs/esta.yaml"
         script:
@@ -152,6 +155,7 @@ rule llm_check_anchors:
         f"{L}/anchors/check.json",
     log:
         f"{R}/logs/llm_check_anchors.log",
+    priority: 10
     conda:
         "../envs/esta.yaml"
     params:
@@ -168,6 +172,7 @@ rule llm_stitch_table:
         f"{R}/tables/llm_stitches.csv",
     log:
         f"{R}/logs/llm_stitch_table.log",
+    priority: 10
     conda:
         "../envs/esta.yaml"
     params:
@@ -189,6 +194,7 @@ rule llm_ls_init:
         f"{R}/logs/llm_ls_init.log",
     benchmark:
         f"{R}/benchmarks/llm_ls_init.tsv"
+    priority: 10
     conda:
         "../envs/esta.yaml"
     threads: heavy_threads()
@@ -230,6 +236,9 @@ rule llm_train_esta:
         f"{R}/benchmarks/llm_train_esta/{{variant}}/seed{{seed}}.tsv"
     wildcard_constraints:
         variant="default|no_biases",
+    # the longest job of rule all (12 min of one core): it and the chain that feeds it start
+    # first, so it does not run alone at the end while the other core idles
+    priority: 10
     conda:
         "../envs/esta.yaml"
     threads: heavy_threads()

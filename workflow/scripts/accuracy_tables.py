@@ -10,7 +10,8 @@ from esta.pareto import accuracy_by_group, accuracy_by_task
 runtime.start_job(snakemake)
 deployed = pd.read_csv(snakemake.input.deployed)
 deployed = deployed[deployed["variant"] == "default"]
-# rows anchor_ft / scratch: the three anchors fine-tuned alone, from pretrained weights / from scratch
+# rows anchor_ft / scratch: the anchors fine-tuned alone, from pretrained weights (every anchor) / from
+# scratch (those controls.scratch names); the `deployed` column counts the models a row averages
 deployed = pd.concat([deployed, pd.read_csv(snakemake.input.controls)], ignore_index=True)
 runtime.write_csv(accuracy_by_task(deployed), snakemake.output.by_task)
 runtime.write_csv(accuracy_by_group(deployed, GROUPS), snakemake.output.by_group)
