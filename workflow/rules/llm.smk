@@ -236,7 +236,7 @@ rule llm_train_esta:
         f"{R}/benchmarks/llm_train_esta/{{variant}}/seed{{seed}}.tsv"
     wildcard_constraints:
         variant="default|no_biases",
-    # the longest job of rule all (12 min of one core): it and the chain that feeds it start
+    # the longest job of rule all (6-12 min of one core): it and the chain that feeds it start
     # first, so it does not run alone at the end while the other core idles
     priority: 10
     conda:

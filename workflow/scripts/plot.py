@@ -18,6 +18,7 @@ runtime.start_job(snakemake)
 LABEL = {"esta": "ESTA", "snnet": "SN-Net", "anchor_ft": "each anchor fine-tuned alone",
          "scratch": "each anchor trained from scratch"}
 COLOR = {"esta": "C3", "snnet": "C0", "anchor_ft": "C2", "scratch": "C7"}
+LABEL_ONE = {"scratch": "the largest anchor trained from scratch"}
 CONTROLS = ("anchor_ft", "scratch")  # anchors-only reference runs, drawn as dashed lines
 sns.set_theme(style="whitegrid", context="paper")
 df = pd.read_csv(snakemake.input.table)
@@ -38,7 +39,7 @@ def curves(ax, df, key, label_of, colors=None):
         if value in CONTROLS:
             g = g.sort_values("gmacs")
             # controls.scratch: largest trains one anchor from scratch, a single point
-            label = LABEL[value] if len(g) > 1 else LABEL[value].replace("each anchor", "the largest anchor")
+            label = LABEL_ONE.get(value, LABEL[value]) if len(g) == 1 else LABEL[value]
             ax.errorbar(g["gmacs"], 100 * g["accuracy"], yerr=100 * g["accuracy_std"], marker="x", ms=6, lw=1,
                         ls="--", capsize=2, color=color, label=label)
             continue
