@@ -3,6 +3,7 @@ atomic writes (STYLE: artifacts describe themselves; outputs are written atomica
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -47,7 +48,22 @@ def start(log_file: str | Path | None, threads: int) -> logging.Logger:
     )
     log = logging.getLogger("esta")
     log.info("torch threads: %d", n)
+    global _usage_registered
+    if log_file is not None and not _usage_registered:  # once per process, however often started
+        atexit.register(_log_usage, log)
+        _usage_registered = True
     return log
+
+
+_usage_registered = False
+USAGE = "job usage "  # the prefix of the last line a job writes to its log (see read_benchmarks)
+
+
+def _log_usage(log: logging.Logger) -> None:
+    """The job's exact peak memory, from the kernel (getrusage), as the last line of its log:
+    Snakemake's ``benchmark:`` samples memory every 0.5-30 s and misses short jobs and late peaks."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    log.info("%s%s", USAGE, json.dumps(dict(peak_rss_mb=round(max(peak_rss_mb(), children), 2))))
 
 
 def start_job(smk) -> logging.Logger:
@@ -112,16 +128,34 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def logged_peak_rss_mb(log_file: str | Path) -> float:
+    """The peak RSS (MiB) a job wrote as the last usage line of its log (``start``); NaN when the
+    log is missing or has none (a job that did not run our code, or was killed)."""
+    path = Path(log_file)
+    if not path.is_file():
+        return float("nan")
+    lines = [line for line in path.read_text(errors="replace").splitlines() if USAGE in line]
+    return json.loads(lines[-1].split(USAGE, 1)[1])["peak_rss_mb"] if lines else float("nan")
+
+
 def read_benchmarks(files) -> pd.DataFrame:
     """Snakemake ``benchmark:`` files as one table, each row tagged with its ``rule`` and ``job`` (the
-    path below ``benchmarks/``: ``<rule>/<job wildcards...>``), the lead columns first."""
+    path below ``benchmarks/``: ``<rule>/<job wildcards...>``), the lead columns first.
+
+    ``peak_rss_mb`` is the exact peak the job logged at exit, read from its log at the mirrored path
+    (``benchmarks/<rule>/<job>.tsv`` -> ``logs/<rule>/<job>.log``); Snakemake's sampled ``max_rss``
+    stands in where a job logged none."""
     frames = []
     for f in files:
         parts = Path(f).with_suffix("").parts
-        rel = parts[parts.index("benchmarks") + 1 :]
-        frames.append(pd.read_csv(f, sep="\t").assign(rule=rel[0], job="/".join(rel[1:])))
+        i = parts.index("benchmarks")
+        rel = parts[i + 1 :]
+        log_file = Path(*parts[:i], "logs", *rel[:-1], rel[-1] + ".log")
+        frame = pd.read_csv(f, sep="\t").assign(rule=rel[0], job="/".join(rel[1:]))
+        frames.append(frame.assign(peak_rss_mb=logged_peak_rss_mb(log_file)))
     df = pd.concat(frames, ignore_index=True)
-    lead = ["rule", "job", "s", "max_rss", "cpu_time"]
+    df["peak_rss_mb"] = df["peak_rss_mb"].fillna(df["max_rss"])
+    lead = ["rule", "job", "s", "peak_rss_mb", "max_rss", "cpu_time"]
     return df[lead + [c for c in df.columns if c not in lead]]
 
 

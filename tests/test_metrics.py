@@ -79,3 +79,31 @@ def test_three_stage_run_reports_its_first_stage(stitches):
     assert (out["stages"] == "three").all()
     assert (out["adapt_steps"] == 1200).all() and (out["adapt_wall_s"] == 90.0).all()
     assert (out["train_steps"] == 400).all() and (out["train_peak_rss_mb"] == 900.0).all()
+
+
+def test_benchmarks_take_the_peak_memory_each_job_logged(tmp_path):
+    """Snakemake samples a job's memory every 0.5-30 s and writes NA (or a wrapper's few MB) for a
+    short job; the job's own exit line (getrusage) is exact, and the sample stands in without it."""
+    import subprocess
+    import sys
+
+    from esta import runtime
+
+    log = tmp_path / "logs" / "select_esta" / "default" / "digits" / "seed0.log"
+    log.parent.mkdir(parents=True)
+    job = (f"from esta import runtime; runtime.start({str(log)!r}, 1); runtime.start({str(log)!r}, 1); "
+           "block = bytearray(300 * 2**20); block[::4096] = b'x' * len(block[::4096])")
+    subprocess.run([sys.executable, "-c", job], check=True)
+    usage = [line for line in log.read_text().splitlines() if runtime.USAGE in line]
+    assert len(usage) == 1  # started twice, logged once
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    files = []
+    for job_path, max_rss in (("select_esta/default/digits/seed0", "NA"), ("train_esta/r0.5/digits/seed0/tuning", "812.5")):
+        f = tmp_path / "benchmarks" / f"{job_path}.tsv"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(header + f"0.41\t0:00:00\t{max_rss}\tNA\tNA\tNA\tNA\tNA\tNA\tNA\n")
+        files.append(f)
+    bench = runtime.read_benchmarks(files).set_index("rule")
+    assert 300 < bench.loc["select_esta", "peak_rss_mb"] < 1000 and pd.isna(bench.loc["select_esta", "max_rss"])
+    assert bench.loc["train_esta", "job"] == "r0.5/digits/seed0/tuning"  # a dot in a wildcard is no suffix
+    assert bench.loc["train_esta", "peak_rss_mb"] == 812.5  # no log: the sample stands in

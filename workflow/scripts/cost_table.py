@@ -2,8 +2,8 @@
 `deploy` (selection from importance); SN-Net `adapt` (full fine-tuning of each anchor), `stitch`
 (LS init + training of the stitched anchors) and `deploy` (evaluate every stitch, pick the best).
 
-Per step: jobs, wall time (sum over tasks and seeds, and per task and seed), peak memory (max RSS
-over the step's jobs), trainable parameters (mean over tasks), and the parameters a user keeps
+Per step: jobs, wall time (sum over tasks and seeds, and per task and seed), peak memory (the largest
+peak RSS a job of the step logged), trainable parameters (mean over tasks), and the parameters a user keeps
 after the step (mean over tasks): adapted anchors, the trained model, or what deploying the chosen
 stitches needs (``esta.analysis.stored_params``: task-specific, and with the pretrained weights).
 Optimizer steps per step are summed over tasks and seeds (`steps`) and given per task and seed.
@@ -107,7 +107,7 @@ for (method, step), rules in STEPS.items():
     n = steps.get((method, step), 0)
     rows.append(dict(method=method, step=step, jobs=len(jobs), steps=n, steps_per_task=n / runs[method],
                      wall_s=jobs["s"].sum(), wall_s_per_task=jobs["s"].sum() / runs[method],
-                     peak_rss_mb=jobs["max_rss"].max()))
+                     peak_rss_mb=jobs["peak_rss_mb"].max()))
 table = pd.DataFrame(rows).merge(counts, on=["method", "step"])
 total = table.groupby("method", as_index=False).agg(
     jobs=("jobs", "sum"), steps=("steps", "sum"), steps_per_task=("steps_per_task", "sum"),
