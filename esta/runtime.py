@@ -60,10 +60,9 @@ USAGE = "job usage "  # the prefix of the last line a job writes to its log (see
 
 
 def _log_usage(log: logging.Logger) -> None:
-    """The job's exact peak memory, from the kernel (getrusage), as the last line of its log:
+    """The job's exact peak memory, from the kernel (``peak_rss_mb``), as the last line of its log:
     Snakemake's ``benchmark:`` samples memory every 0.5-30 s and misses short jobs and late peaks."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    log.info("%s%s", USAGE, json.dumps(dict(peak_rss_mb=round(max(peak_rss_mb(), children), 2))))
+    log.info("%s%s", USAGE, json.dumps(dict(peak_rss_mb=round(peak_rss_mb(), 2))))
 
 
 def start_job(smk) -> logging.Logger:
@@ -94,8 +93,18 @@ def provenance(device: torch.device | str | None = None) -> dict:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process in MiB: the kernel's high-water mark of the process's
+    own address space (``VmHWM``). ``getrusage``'s ``ru_maxrss`` survives ``exec``, so a job started
+    by a large process (Snakemake, pytest) would report its parent's size; it serves where there is
+    no ``/proc`` (macOS reports bytes, Linux KiB)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
 def atomic_path(path: str | Path) -> Path:

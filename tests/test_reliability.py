@@ -183,6 +183,9 @@ def kill_training(work: Path, whole_group: bool, timeout: float = 600) -> Killed
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    # SIGKILL is delivered asynchronously: the job (Snakemake's grandchild, not reaped by us) may
+    # still be on its way out when Snakemake itself has been reaped
+    psutil.wait_procs([job], timeout=30)
     assert not alive(job)
     run = work / RUN
     leftovers = sorted(p.name for p in run.iterdir()) if run.is_dir() else []
