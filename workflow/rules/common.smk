@@ -22,7 +22,7 @@ from esta.vit.anchors import family
 R = "results"
 # anchors shipped inside the package (anchors.source: shipped), and the command that makes them
 SHIPPED = "esta/vit/assets"
-SHIP_COMMAND = "snakemake ship_anchors --configfile config/upstream.yaml --cores 2 --set-threads pretrain_anchor=1"
+SHIP_COMMAND = "snakemake ship_anchors --configfile config/upstream.yaml --cores 2"
 METHODS = ["esta", "snnet"]
 ANCHORS = list(range(len(family(config["family"]))))
 # the from-scratch control (controls.scratch): the largest anchor (families are small to large)
