@@ -29,6 +29,10 @@ __all__ = [
 ]
 
 
+_usage_registered = False
+USAGE = "job usage "  # the prefix of the last line a job writes to its log (see read_benchmarks)
+
+
 def start(log_file: str | Path | None, threads: int) -> logging.Logger:
     """Send warnings, tqdm and logging of a workflow job to its log file and size torch's threads.
 
@@ -53,10 +57,6 @@ def start(log_file: str | Path | None, threads: int) -> logging.Logger:
         atexit.register(_log_usage, log)
         _usage_registered = True
     return log
-
-
-_usage_registered = False
-USAGE = "job usage "  # the prefix of the last line a job writes to its log (see read_benchmarks)
 
 
 def _log_usage(log: logging.Logger) -> None:

@@ -83,7 +83,8 @@ def test_three_stage_run_reports_its_first_stage(stitches):
 
 def test_benchmarks_take_the_peak_memory_each_job_logged(tmp_path):
     """Snakemake samples a job's memory every 0.5-30 s and writes NA (or a wrapper's few MB) for a
-    short job; the job's own exit line (getrusage) is exact, and the sample stands in without it."""
+    short job; the job's own exit line (the kernel's high-water mark) is exact, and the sample stands
+    in without it."""
     import subprocess
     import sys
 

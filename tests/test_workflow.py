@@ -126,6 +126,17 @@ def test_every_rule_logs_and_heavy_rules_benchmark():
     assert heavy <= names
 
 
+def test_benchmark_files_mirror_their_logs():
+    """read_benchmarks finds each job's exact peak memory in its log at the mirrored path
+    (benchmarks/<rule>/<job>.tsv -> logs/<rule>/<job>.log): every rule keeps that layout."""
+    text = "\n".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
+    pairs = re.findall(r'log:\s*\n\s*f"([^"]+)",?\s*\n\s*benchmark:\s*\n\s*f"([^"]+)"', text)
+    assert len(pairs) >= 20, pairs  # every benchmarked rule writes log: then benchmark:
+    assert len(pairs) == text.count("benchmark:")
+    for log, bench in pairs:
+        assert bench.replace("/benchmarks/", "/logs/").removesuffix(".tsv") + ".log" == log, (log, bench)
+
+
 # ------------------------------------------------------------------------------------------------
 # The real run
 
