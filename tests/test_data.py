@@ -1,12 +1,16 @@
 """Tests of the task table, the three on-disk formats (VTAB-1k, FGVC, CIFAR-100), their splits and
 checks, the embedded suite and the fixture writers (spec §8)."""
 
+import codecs
 import hashlib
 import json
+import os
 import pickle
+import pickletools
 import re
 import shutil
 import socket
+import struct
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ import torchvision
 from PIL import Image
 
 from esta.vit import data, embedded
+from esta.vit.data.cifar import CIFAR_PICKLE_GLOBALS
 from esta.vit.data import (TASKS, VtabFolder, check_task, eval_transform, load_tensors, mode_splits, open_split,
                        task_info, write_vtab_task)
 from fixtures import (fgvc_class_ids, write_cifar100_fixture, write_fgvc_fixture, write_vit_weights,
@@ -461,6 +466,156 @@ def test_check_task_names_path_of_cifar_fault(tmp_path):
                        re.escape(r"; expected <task_dir>/cifar-100-python/{train,test,meta}")):
         check_task(folder, "cifar100")
 
+
+
+# ---- CIFAR-100 pickles: a restricted unpickler ------------------------------------------------
+
+def _py2_str(b: bytes) -> bytes:
+    """A Python 2 ``str`` as cPickle wrote it (SHORT_BINSTRING / BINSTRING)."""
+    return (b"U" + bytes([len(b)]) if len(b) < 256 else b"T" + struct.pack("<i", len(b))) + b
+
+
+def _py2_int(v: int) -> bytes:
+    if 0 <= v < 256:
+        return b"K" + bytes([v])
+    return b"M" + struct.pack("<H", v) if 0 <= v < 65536 else b"J" + struct.pack("<i", v)
+
+
+def _py2_dict(items: dict) -> bytes:
+    """Protocol 2 as Python 2's cPickle wrote the original CIFAR-100 files: str keys / values as
+    BINSTRING, int lists, and a uint8 array via numpy.core.multiarray._reconstruct, numpy.ndarray and
+    numpy.dtype with numpy's Python 2 state (raw data a BINSTRING)."""
+    def value(v):
+        if isinstance(v, str):
+            return _py2_str(v.encode("latin1"))
+        if isinstance(v, list):
+            return b"](" + b"".join(value(x) for x in v) + b"e"
+        if isinstance(v, int):
+            return _py2_int(v)
+        assert isinstance(v, np.ndarray) and v.dtype == np.uint8 and v.ndim == 2
+        return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + _py2_int(0) + b"\x85" + _py2_str(b"b")
+                + b"\x87R(" + _py2_int(1) + _py2_int(v.shape[0]) + _py2_int(v.shape[1]) + b"\x86"
+                + b"cnumpy\ndtype\n" + _py2_str(b"u1") + _py2_int(0) + _py2_int(1) + b"\x87R"
+                + b"(" + _py2_int(3) + _py2_str(b"|") + b"NNN" + _py2_int(-1) + _py2_int(-1) + _py2_int(0) + b"tb"
+                + b"\x89" + _py2_str(v.tobytes()) + b"tb")
+    return b"\x80\x02}(" + b"".join(value(k) + value(v) for k, v in items.items()) + b"u."
+
+
+def _globals_named(stream: bytes) -> set[str]:
+    names, strings = set(), []
+    for op, arg, _ in pickletools.genops(stream):
+        if op.name == "GLOBAL":
+            names.add(arg.replace(" ", "."))
+        elif op.name == "STACK_GLOBAL":
+            names.add(".".join(strings[-2:]))
+        elif isinstance(arg, str):
+            strings.append(arg)
+    return names
+
+
+def test_cifar_reads_original_python2_pickles(tmp_path):
+    """The original files (Python 2 cPickle) name only numpy.core.multiarray._reconstruct, numpy.ndarray
+    and numpy.dtype; the repo's fixture (Python 3, protocol 2) adds _codecs.encode for the raw bytes and
+    spells numpy._core under numpy 2. Both load through the restricted unpickler."""
+    folder = write_cifar100_fixture(tmp_path / "fixture", n_train=20, n_test=10)
+    out = folder / "cifar-100-python"
+    fixture_globals = set().union(*(_globals_named((out / f).read_bytes()) for f in ("train", "test", "meta")))
+    assert fixture_globals <= set(CIFAR_PICKLE_GLOBALS) and "_codecs.encode" in fixture_globals
+    assert check_task(folder, "cifar100")["splits"]["train"] == 20
+
+    py2 = task_info("cifar100").folder
+    py2_out = tmp_path / "py2" / py2 / "cifar-100-python"
+    py2_out.mkdir(parents=True)
+    raw = {}
+    for split in ("train", "test"):
+        raw[split] = pickle.loads((out / split).read_bytes(), encoding="latin1")
+        entry = {k: raw[split][k] for k in ("filenames", "batch_label", "fine_labels", "coarse_labels", "data")}
+        (py2_out / split).write_bytes(_py2_dict(entry))
+    (py2_out / "meta").write_bytes(_py2_dict(pickle.loads((out / "meta").read_bytes(), encoding="latin1")))
+    stream = (py2_out / "train").read_bytes()
+    assert _globals_named(stream) == {"numpy.core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype"}
+    assert _globals_named((py2_out / "meta").read_bytes()) == set()
+    assert check_task(py2_out.parent, "cifar100")["splits"] == {"train": 20, "test": 10, "train90": 18, "val10": 2}
+    train = open_split(py2_out.parent, "cifar100", "train", img_size=32)
+    assert np.array_equal(train.data, data.Cifar100Folder(folder).data)
+    assert train.targets == raw["train"]["fine_labels"] and train.classes[3] == "fine_03"
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_cifar_accepts_repacked_copies(tmp_path, protocol):
+    """A copy re-pickled under Python 3 / numpy 2, with any protocol and numpy int labels, still loads."""
+    folder = write_cifar100_fixture(tmp_path, n_train=20, n_test=10)
+    entries = {}
+    for split in ("train", "test", "meta"):
+        path = folder / "cifar-100-python" / split
+        entries[split] = pickle.loads(path.read_bytes(), encoding="latin1")
+        if "fine_labels" in entries[split]:
+            entries[split]["fine_labels"] = [np.int64(c) for c in entries[split]["fine_labels"]]
+        path.write_bytes(pickle.dumps(entries[split], protocol=protocol))
+    assert check_task(folder, "cifar100")["splits"]["test"] == 10
+    train = open_split(folder, "cifar100", "train", 32)
+    assert train.targets == [int(c) for c in entries["train"]["fine_labels"]]
+    assert np.array_equal(train.data[0], entries["train"]["data"][0].reshape(3, 32, 32).transpose(1, 2, 0))
+
+
+class _Payload:
+    """Pickles as ``fn(*args)``: what a tampered file would run under a plain ``pickle.load``."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def _payloads(marker):
+    """(file, pickle bytes that would create ``marker``, the global they name)."""
+    return {
+        "train os.system": ("train", pickle.dumps(_Payload(os.system, f"touch '{marker}'"), protocol=2),
+                            f"{os.system.__module__}.system"),
+        "meta open": ("meta", pickle.dumps({"fine_label_names": _Payload(open, str(marker), "w")}),
+                      f"{open.__module__}.open"),
+        "test nested": ("test", pickle.dumps({"data": np.zeros((1, 3072), np.uint8),
+                                              "fine_labels": [0, _Payload(open, str(marker), "w")]}, protocol=0),
+                        f"{open.__module__}.open"),
+    }
+
+
+@pytest.mark.parametrize("case", ["train os.system", "meta open", "test nested"])
+@pytest.mark.parametrize("entry", ["check_task", "register_data", "open_split"])
+def test_cifar_refuses_pickle_that_runs_code(tmp_path, case, entry):
+    from esta.vit.build import write_manifest  # what workflow/scripts/register_data.py calls
+
+    # the payload is real: a plain pickle.load would create the file
+    probe = tmp_path / "probe"
+    pickle.loads(_payloads(probe)[case][1])
+    assert probe.exists()
+
+    marker = tmp_path / "pwned"
+    name, bad, refused = _payloads(marker)[case]
+    folder = write_cifar100_fixture(tmp_path / "data", n_train=20, n_test=10)
+    path = folder / "cifar-100-python" / name
+    path.write_bytes(bad)
+    manifest = tmp_path / "manifest.json"
+    with pytest.raises(ValueError) as e:
+        if entry == "check_task":
+            check_task(folder, "cifar100")
+        elif entry == "register_data":  # workflow/scripts/register_data.py checks the task through this
+            write_manifest(manifest, folder, "cifar100")
+        else:
+            open_split(folder, "cifar100", "test" if name == "test" else "train90", 32)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: refuses to unpickle global {refused!r}"), msg
+    assert "_codecs.encode" in msg and "numpy.core.multiarray._reconstruct" in msg
+    assert not marker.exists() and not manifest.exists()
+
+
+def test_cifar_admits_codecs_encode_only_for_latin1(tmp_path):
+    folder = write_cifar100_fixture(tmp_path, n_train=20, n_test=10)
+    meta = folder / "cifar-100-python/meta"
+    meta.write_bytes(pickle.dumps({"fine_label_names": _Payload(codecs.encode, "x", "rot13")}, protocol=2))
+    with pytest.raises(ValueError, match=re.escape(str(meta)) + r": not a pickle.*encode\(str, 'rot13', 'strict'\)"):
+        check_task(folder, "cifar100")
 
 def test_check_task_missing_folder_and_unknown_task(tmp_path):
     with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nowhere")) + ".*vtab-1k/dtd/"):

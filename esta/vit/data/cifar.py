@@ -3,10 +3,18 @@
 The task folder holds ``cifar-100-python/{train,test,meta}``. The ``train`` and ``test`` splits
 are torchvision's files; tuning mode's ``train90`` / ``val10`` are a seeded partition of the
 training set (:func:`cifar_val_indices`). :class:`Cifar100Folder` never downloads.
+
+The files are pickles, read from the user's data folder with a presence check rather than
+torchvision's md5 check (so re-packed copies are accepted). A plain ``pickle.load`` would run any
+code a tampered file names, so they are read with :class:`CifarUnpickler`, which resolves only the
+few globals an ndarray pickle needs (:data:`CIFAR_PICKLE_GLOBALS`) and refuses every other one
+(``os.system``, ``builtins.open``, ...) with a ``ValueError`` naming the file and the global, before
+anything runs: no pickle executes code.
 """
 
 from __future__ import annotations
 
+import codecs
 import os
 import pickle
 from pathlib import Path
@@ -22,6 +30,59 @@ CIFAR_FILES = ("train", "test", "meta")
 CIFAR_LAYOUT = (f"<task_dir>/{CIFAR_FOLDER}/{{{','.join(CIFAR_FILES)}}}: torchvision's CIFAR-100 pickles "
                 "(train/test: dicts with 'data' uint8 (N, 3072) and 'fine_labels' in [0, 100); "
                 "meta: 'fine_label_names')")
+
+# What the pickles may name. Dicts, lists, str, bytes and ints need no global. The original files
+# (Python 2 cPickle, protocol 2) build their uint8 ``data`` array from numpy.core.multiarray._reconstruct,
+# numpy.ndarray and numpy.dtype; a copy re-pickled under numpy 2 spells the first numpy._core.multiarray,
+# one pickled with protocol 5 uses numeric._frombuffer instead, numpy scalars (labels stored as
+# np.int64) use multiarray.scalar, and Python 3's protocols 0-2 store bytes as _codecs.encode(str, 'latin1').
+CIFAR_PICKLE_GLOBALS = tuple(f"{m}.{n}" for ms, n in (
+    (("numpy.core.multiarray", "numpy._core.multiarray"), "_reconstruct"),
+    (("numpy",), "ndarray"),
+    (("numpy",), "dtype"),
+    (("numpy.core.multiarray", "numpy._core.multiarray"), "scalar"),
+    (("numpy.core.numeric", "numpy._core.numeric"), "_frombuffer"),
+    (("_codecs",), "encode"),
+) for m in ms)
+
+
+def _latin1_encode(text, encoding="utf-8", errors="strict"):
+    """``_codecs.encode`` as Python's pickler uses it (``bytes`` under protocols < 3): latin-1 only."""
+    if not isinstance(text, str) or encoding.lower() not in ("latin1", "latin-1") or errors != "strict":
+        raise pickle.UnpicklingError(f"_codecs.encode is only admitted as encode(str, 'latin1'), "
+                                     f"got encode({type(text).__name__}, {encoding!r}, {errors!r})")
+    return codecs.encode(text, "latin1")
+
+
+# The numpy callables are taken from numpy's own reductions, so resolving either spelling needs no
+# numpy.core / numpy._core import (deprecated under numpy 2, numpy._core absent from older numpy 1.x).
+_BY_NAME = {"_reconstruct": np.empty(0).__reduce__()[0], "ndarray": np.ndarray, "dtype": np.dtype,
+            "scalar": np.uint8(0).__reduce__()[0], "_frombuffer": np.empty(1).__reduce_ex__(5)[0],
+            "encode": _latin1_encode}
+_ADMITTED = {g: _BY_NAME[g.rsplit(".", 1)[1]] for g in CIFAR_PICKLE_GLOBALS}
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    """A CIFAR-100 pickle named a global outside :data:`CIFAR_PICKLE_GLOBALS`."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that resolves only :data:`CIFAR_PICKLE_GLOBALS` (raises :class:`RefusedGlobal`).
+
+    Every way a pickle reaches a callable (GLOBAL, STACK_GLOBAL, INST, OBJ, EXT*) goes through
+    ``find_class``, and persistent ids are refused by the base class, so nothing outside the list runs.
+    """
+
+    def find_class(self, module: str, name: str):
+        found = _ADMITTED.get(f"{module}.{name}")
+        if found is None:
+            raise RefusedGlobal(f"{module}.{name}")
+        return found
+
 
 # [decision] CIFAR-100 tuning mode holds out round(10 %) of the training set, drawn by
 # torch.randperm under this seed (same on every machine); val10 = that part, train90 = the rest.
@@ -52,8 +113,9 @@ class Cifar100Folder(CIFAR100):
     torchvision's md5 check is replaced by a presence check (it would refuse any re-packed copy; the
     workflow records its own sha256 of the files) and a structure check: ``data`` uint8 (N, 3072)
     (N row-major CHW 32x32 images, kept as ``self.data`` (N, 32, 32, 3)), ``fine_labels`` N ints in
-    [0, 100), meta with 100 ``fine_label_names``. Like torchvision this unpickles the files, so only
-    point it at data you trust.
+    [0, 100), meta with 100 ``fine_label_names``. Unlike torchvision it unpickles with
+    :class:`CifarUnpickler`, so a tampered file that names any other global (``os.system``, ...) is
+    refused with a ``ValueError`` naming the file and the global, and runs nothing.
     """
 
     def __init__(self, root: str | os.PathLike, train: bool = True, transform: Callable | None = None):
@@ -86,7 +148,12 @@ class Cifar100Folder(CIFAR100):
     def _unpickle(self, path: Path):
         try:
             with open(path, "rb") as f:
-                return pickle.load(f, encoding="latin1")
+                return CifarUnpickler(f, encoding="latin1").load()
+        except RefusedGlobal as e:
+            raise ValueError(f"{path}: refuses to unpickle global {e.name!r}: a CIFAR-100 pickle may only name "
+                             f"the globals of numpy arrays and bytes ({', '.join(CIFAR_PICKLE_GLOBALS)}), since "
+                             f"any other could run code; replace it with a clean copy, expected {CIFAR_LAYOUT}"
+                             ) from None
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, ImportError,
                 UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not a pickle in torchvision's CIFAR-100 format ({type(e).__name__}: {e}); "
