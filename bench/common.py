@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from esta.info import meta_stitched
+from esta.vit.info import meta_stitched
 from esta.vit.stitch import StitchedViT
 from esta.vit.tuning import TunableViT, TuningConfig
 

@@ -1,7 +1,7 @@
 """Forward-pass benchmarks: what stitching costs at inference, and what prefix reuse saves.
 
 - ``stitch_flops_table_time``: seconds to build the 71-row MACs/params table from scratch
-  (``esta.info.stitch_table``: meta-device family + ``stitch_costs``), first thing in the process.
+  (``esta.vit.info.stitch_table``: meta-device family + ``stitch_costs``), first thing in the process.
 - Forward overhead (eval, no_grad): ``anchor_id_vs_timm_time`` runs stitch ids 0, 1, 2 against the
   three timm anchors' own ``forward``; ``stitch_vs_parts_time`` runs stitch 56 against its parts
   called directly (front embed + blocks[:7], stitching linear, end blocks[7:] + norm + head).
@@ -37,7 +37,7 @@ from bench.common import (
     row,
     tolerance,
 )
-from esta.info import meta_stitched, stitch_table
+from esta.vit.info import meta_stitched, stitch_table
 from esta.vit.evaluate import predict
 from esta.vit.stitch import StitchedViT, anchor_costs, stitch_costs
 from esta.vit.tuning import TunableViT, TuningConfig

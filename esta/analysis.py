@@ -7,6 +7,9 @@
   over the LoRA modules both paths use; taken on snapshots of training (``SNAPSHOT_FRACS``) of
   models trained with and without stitch-specific biases.
 - ``stored_params``: what must be stored to deploy a set of stitches of a trained model.
+
+The model functions take any family's tunable model (``esta.tunable.TunableStitches``) and a batch
+as the family's data set yields it (``(images, labels)``, ``(input_ids, attention_mask, labels)``).
 - ``visit_table``: how often training visited each stitch, against its cost, and whether the
   stitches that were deployed were trained enough.
 """
@@ -18,10 +21,12 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from esta.stitches import on_path
+
 if TYPE_CHECKING:  # the table functions run in jobs that never import torch
     import torch
 
-    from esta.vit.tuning import TunableViT
+    from esta.tunable import TunableStitches
 
 __all__ = ["SNAPSHOT_FRACS", "snapshot_steps", "importance_vs_accuracy", "lora_gradients",
            "gradient_cosines", "summarize_cosines", "stored_params", "selection_ablation", "visit_counts",
@@ -51,7 +56,7 @@ def importance_vs_accuracy(stats: pd.DataFrame, accuracy: pd.DataFrame) -> tuple
     return seen, float(spearmanr(seen["importance"], seen["selection_accuracy"]).statistic)
 
 
-def _lora_params(model: TunableViT, stitch_id: int) -> dict[str, list[torch.nn.Parameter]]:
+def _lora_params(model: TunableStitches, stitch_id: int) -> dict[str, list[torch.nn.Parameter]]:
     """LoRA parameters on a stitch's path, grouped by the module they adapt (A before B)."""
     groups: dict[str, list] = {}
     for name, p in sorted(model.net.named_parameters()):
@@ -60,7 +65,7 @@ def _lora_params(model: TunableViT, stitch_id: int) -> dict[str, list[torch.nn.P
     return groups
 
 
-def lora_gradients(model: TunableViT, x: torch.Tensor, y: torch.Tensor, stitch_id: int) -> dict[str, torch.Tensor]:
+def lora_gradients(model: TunableStitches, batch: tuple[torch.Tensor, ...], stitch_id: int) -> dict[str, torch.Tensor]:
     """Gradient of the batch loss through ``stitch_id`` w.r.t. each LoRA module on its path (A, B
     flattened and concatenated), keyed by module name."""
     import torch
@@ -69,14 +74,14 @@ def lora_gradients(model: TunableViT, x: torch.Tensor, y: torch.Tensor, stitch_i
     if not groups:
         raise ValueError("the model has no LoRA parameters (gradient interference needs PST)")
     model.zero_grad(set_to_none=True)
-    model.loss((x, y), stitch_id).backward()
+    model.loss(batch, stitch_id).backward()
     out = {m: torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in ps]).detach().clone()
            for m, ps in groups.items()}
     model.zero_grad(set_to_none=True)
     return out
 
 
-def gradient_cosines(model: TunableViT, x: torch.Tensor, y: torch.Tensor,
+def gradient_cosines(model: TunableStitches, batch: tuple[torch.Tensor, ...],
                      stitch_ids: list[int] | None = None) -> pd.DataFrame:
     """Cosine between the shared-LoRA gradients of every pair of stitches that share at least one
     LoRA module, over the modules both use. Pairs where either gradient is zero on the shared
@@ -87,7 +92,7 @@ def gradient_cosines(model: TunableViT, x: torch.Tensor, y: torch.Tensor,
     ids = list(range(model.net.num_stitches)) if stitch_ids is None else list(stitch_ids)
     was_training = model.training
     model.eval()
-    grads = {s: lora_gradients(model, x, y, s) for s in ids}
+    grads = {s: lora_gradients(model, batch, s) for s in ids}
     model.train(was_training)
     rows = []
     for a, b in itertools.combinations(ids, 2):
@@ -103,26 +108,26 @@ def gradient_cosines(model: TunableViT, x: torch.Tensor, y: torch.Tensor,
     return pd.DataFrame(rows, columns=["stitch_a", "stitch_b", "shared_modules", "cosine"])
 
 
-def stored_params(model: TunableViT, stitch_ids: list[int]) -> dict[str, int]:
-    """Parameters stored to deploy ``stitch_ids`` from one trained model.
+def stored_params(model: TunableStitches, stitch_ids: list[int]) -> dict[str, int]:
+    """Parameters stored to deploy ``stitch_ids`` from one trained model, counting only what those
+    stitches run through (a stitching layer or an anchor no deployed stitch uses is not stored).
 
-    ``task``: what is specific to the task — every trained parameter except the biases of stitches
-    not deployed, plus the LS-fitted stitching layers (PST: LoRA, heads, stitching layers, the
-    deployed stitches' biases; full fine-tuning: all of it). ``total``: plus the frozen pretrained weights the stitches run
-    on (shared by every task in PST).
+    ``task``: what is specific to the task — the trained parameters on a deployed path (PST: LoRA,
+    heads, the deployed stitches' own biases; full fine-tuning: all of it) and the LS-fitted
+    stitching layers on a deployed path (fitted on the task's data even when frozen). ``total``:
+    plus the frozen pretrained weights on a deployed path (shared by every task in PST).
     """
-    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    keep = {str(s) for s in stitch_ids}
-    task = 0
-    for n, p in trained.items():
-        if n.startswith("biases."):
-            if n.split(".")[1] not in keep:
-                continue
-        task += p.numel()
-    # LS-initialised stitching layers are fitted on the task's images: task-specific even when frozen
-    task += sum(p.numel() for p in model.net.stitch_layers.parameters() if not p.requires_grad)
-    frozen = sum(p.numel() for n, p in model.net.named_parameters()
-                 if not p.requires_grad and not n.startswith("stitch_layers."))
+    net = model.net
+    used = [net.path_prefixes(s) for s in stitch_ids]
+    task = frozen = 0
+    for n, p in net.named_parameters():
+        if not any(on_path(n, prefixes) for prefixes in used):
+            continue
+        if p.requires_grad or n.startswith("stitch_layers."):
+            task += p.numel()
+        else:
+            frozen += p.numel()
+    task += sum(p.numel() for s in stitch_ids for p in model.biases_for(s).values())
     return dict(task=int(task), total=int(task + frozen))
 
 

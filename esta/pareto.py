@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["interval_edges", "assign_intervals", "deployment_slots", "select_deployed", "pareto_front", "suite_average",
-           "deployed_curves", "accuracy_by_task", "accuracy_by_group", "mean_std"]
+           "with_unit", "deployed_curves", "accuracy_by_task", "accuracy_by_group", "mean_std"]
 
 
 def interval_edges(macs: np.ndarray | pd.Series, k: int) -> np.ndarray:
@@ -91,7 +91,18 @@ def suite_average(deployed: pd.DataFrame, by: list[str] | None = None) -> pd.Dat
     by = list(by or [])
     g = deployed.groupby(by + ["interval"], as_index=False)
     out = g.agg(gmacs=("gmacs", "mean"), accuracy=("accuracy", "mean"), n_tasks=("task", "nunique"))
-    return out.sort_values(by + ["gmacs"]).reset_index(drop=True)
+    return with_unit(out, deployed).sort_values(by + ["gmacs"]).reset_index(drop=True)
+
+
+def with_unit(out: pd.DataFrame, source: pd.DataFrame) -> pd.DataFrame:
+    """``out`` with the ``macs_unit`` of ``source`` (per image, per token), when ``source`` has one:
+    MACs are averaged only within one unit."""
+    if "macs_unit" not in source:
+        return out
+    units = sorted(set(source["macs_unit"]))
+    if len(units) != 1:
+        raise ValueError(f"cannot average MACs counted in different units {units}")
+    return out.assign(macs_unit=units[0])
 
 
 def deployed_curves(deployed: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
@@ -124,7 +135,7 @@ def deployed_curves(deployed: pd.DataFrame, by: list[str] | None = None) -> pd.D
     out["anchor"] = out["interval"] < 0
     params = deployed.groupby(by, as_index=False)["trainable_params"].mean()
     params["trainable_params"] = params["trainable_params"].round().astype(int)
-    out = out.merge(params, on=by)
+    out = with_unit(out.merge(params, on=by), deployed)
     return out.sort_values(by + ["anchor", "gmacs"]).reset_index(drop=True)
 
 

@@ -72,8 +72,14 @@ def start_job(smk) -> logging.Logger:
     return start(smk.log[0] if smk.log else None, threads)
 
 
+# The field's libraries a job may run on; provenance records those the job really imported.
+LIBRARIES = ("timm", "transformers", "tokenizers", "peft", "safetensors", "lm_eval", "datasets")
+
+
 def provenance(device: torch.device | str | None = None) -> dict:
-    """Library versions, device and dtype: recorded in every metrics file and checkpoint."""
+    """Library versions, device and dtype: recorded in every metrics file and checkpoint. The
+    libraries are those this process imported (timm for a ViT job, transformers and tokenizers for
+    an LLM job), so a record names what really made the artifact."""
     from importlib.metadata import version  # not `import peft`: that costs seconds (transformers)
 
     import torch
@@ -82,8 +88,7 @@ def provenance(device: torch.device | str | None = None) -> dict:
     info = dict(
         python=platform.python_version(),
         torch=torch.__version__,
-        timm=version("timm"),
-        peft=version("peft"),
+        **{lib: version(lib.replace("_", "-")) for lib in LIBRARIES if lib in sys.modules},
         device=str(device),
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         dtype="bfloat16-autocast,tf32" if device.type == "cuda" else "float32",
@@ -166,6 +171,32 @@ def read_benchmarks(files) -> pd.DataFrame:
     df["peak_rss_mb"] = df["peak_rss_mb"].fillna(df["max_rss"])
     lead = ["rule", "job", "s", "peak_rss_mb", "max_rss", "cpu_time"]
     return df[lead + [c for c in df.columns if c not in lead]]
+
+
+def shipped_folder(assets: str | Path, family_name: str, manifest: str, what: str, layout: str,
+                   source_key: str) -> Path:
+    """The folder of a family's anchors shipped under ``assets``, or an error naming the manifest it
+    looked for, the ``layout`` expected beside it, the families shipped, and the config key
+    (``source_key: pretrain``) that trains them instead."""
+    assets = Path(assets)
+    folder = assets / family_name
+    if not (folder / manifest).is_file():
+        known = sorted(m.parent.name for m in assets.glob(f"*/{manifest}"))
+        raise FileNotFoundError(
+            f"no shipped {what} for family {family_name!r}: {folder / manifest} is missing (expected {manifest} "
+            f"with {layout} beside it); families shipped: {known}. Use {source_key}: pretrain to train them."
+        )
+    return folder
+
+
+def ship_folder(dest: str | Path, sources: list, infos: list, what: str) -> Path:
+    """The folder ``dest`` that shipped anchors are written to (created), after checking that every
+    source (``what``: weight file, HF folder) has its info record."""
+    if len(sources) != len(infos) or not sources:
+        raise ValueError(f"ship needs one info record per {what}, got {len(sources)} and {len(infos)}")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    return dest
 
 
 def read_listing(folder: str | Path, name: str) -> tuple[Path, dict]:

@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from esta.tunable import TunableStitches
+
 __all__ = [
     "SamplerConfig",
     "StitchSampler",
@@ -104,14 +106,18 @@ class StitchSampler:
         self._m = torch.zeros(n_stitches, dtype=torch.float64)
         self._pending: list[tuple[int, torch.Tensor]] = []  # device importances not yet in m
         self.visits = torch.zeros(n_stitches, dtype=torch.long)
+        # visits that measured an importance: the bias correction counts these, and a stitch with
+        # none (SN-Net's full fine-tuning has no Θ_s) keeps NaN instead of a corrected 0
+        self._scored = torch.zeros(n_stitches, dtype=torch.long)
         self.last_step = torch.full((n_stitches,), -1, dtype=torch.long)
         self.generator = torch.Generator().manual_seed(seed)
 
     def importance(self) -> torch.Tensor:
-        """Bias-corrected moving average I_s; NaN for stitches never visited."""
-        corr = 1.0 - self.cfg.beta ** self.visits.double()
-        out = self.m / corr
-        out[self.visits == 0] = float("nan")
+        """Bias-corrected moving average I_s over the visits that measured an importance; NaN for
+        stitches with none (never visited, or a method without Θ_s)."""
+        m = self.m  # folds in the pending importances, and with them their counts
+        out = m / (1.0 - self.cfg.beta ** self._scored.double())
+        out[self._scored == 0] = float("nan")
         return out
 
     def probs(self, step: int) -> torch.Tensor:
@@ -129,8 +135,10 @@ class StitchSampler:
         stitches of the pool (unvisited ones get the ε share only). Zero outside the pool."""
         size = int(pool.sum())
         uniform = pool.double() / size
-        visited = (self.visits > 0) & pool
-        if importance is None or not visited.any():
+        if importance is None:
+            return uniform
+        visited = importance.isfinite() & pool  # visited, with an importance measured
+        if not visited.any():
             return uniform
         imp = importance[visited]
         if not (imp > 0).any():
@@ -160,6 +168,7 @@ class StitchSampler:
     def _average(self, stitch_id: int, q: float) -> None:
         if q == q:  # not NaN
             self._m[stitch_id] = self.cfg.beta * self._m[stitch_id] + (1.0 - self.cfg.beta) * q
+            self._scored[stitch_id] += 1
 
     def update(self, stitch_id: int, q: float | torch.Tensor, step: int) -> None:
         """Record a visit of ``stitch_id`` at ``step`` with importance ``q`` (NaN: visit only).
@@ -190,6 +199,7 @@ class StitchSampler:
     def state_dict(self) -> dict:
         return dict(
             m=self.m.clone(),
+            scored=self._scored.clone(),
             visits=self.visits.clone(),
             last_step=self.last_step.clone(),
             generator=self.generator.get_state(),
@@ -198,17 +208,19 @@ class StitchSampler:
     def load_state_dict(self, state: dict) -> None:
         self._pending = []
         self._m.copy_(state["m"])
+        self._scored.copy_(state["scored"])
         self.visits.copy_(state["visits"])
         self.last_step.copy_(state["last_step"])
         self.generator.set_state(state["generator"])
 
 
-def refresh_importance(model, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    """Q(s) of every stitch on one fixed batch (the optional ``importance_refresh`` of spec §6)."""
+def refresh_importance(model: TunableStitches, batch: tuple[torch.Tensor, ...]) -> np.ndarray:
+    """Q(s) of every stitch on one fixed batch, given as the family's data set yields it (the
+    optional ``importance_refresh`` of spec §6)."""
     out = []
     for sid in range(model.net.num_stitches):
         model.zero_grad(set_to_none=True)
-        model.loss((x, y), sid).backward()
+        model.loss(batch, sid).backward()
         out.append(snip_importance(model.importance_params(sid)))
     model.zero_grad(set_to_none=True)
     return torch.stack(out).cpu().numpy()

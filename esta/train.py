@@ -2,7 +2,8 @@
 
 Each step samples one stitch, runs the batch through it, backpropagates, records the stitch's
 SNIP importance and takes an AdamW step (cosine schedule with linear warm-up). ESTA and SN-Net
-differ only in the model's trainable set (``esta.vit.tuning``) and the sampler (``esta.sampling``).
+differ only in the model's trainable set (a family's ``esta.tunable.Trainable``) and the sampler
+(``esta.sampling``).
 
 Training is resumable: trainable parameters, optimizer, sampler and RNG state are saved every
 ``checkpoint_every_s`` seconds and at the end to ``<ckpt_dir>/<settings hash>.pt`` (only the latest
@@ -34,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from esta.sampling import StitchSampler, snip_importance
+from esta.tunable import Trainable
 
 __all__ = ["TrainConfig", "TrainResult", "train", "settings_hash", "pick_device", "iterate_batches",
            "item_seed", "SeededItems", "clear_checkpoints"]
@@ -181,7 +183,7 @@ def _save(path: Path, state: dict) -> None:
 
 
 def train(
-    model: torch.nn.Module,
+    model: Trainable,
     data: Dataset,
     cfg: TrainConfig,
     sampler: StitchSampler,
@@ -194,10 +196,11 @@ def train(
 ) -> TrainResult:
     """Train ``model`` in place on ``data``, one sampled stitch per step.
 
-    ``model`` is any family's tunable stitched model: ``model.loss(batch, stitch_id)`` gives the
-    training loss of a batch (a tuple of tensors, as the data set yields them),
-    ``model.importance_params(stitch_id)`` the stitch's Θ_s, and ``model.trainable()`` /
-    ``model.param_groups(...)`` what the optimizer steps.
+    ``model`` is any family's tunable stitched model (``esta.tunable.Trainable``):
+    ``model.loss(batch, stitch_id)`` gives the training loss of a batch (a tuple of tensors, as the
+    data set yields them), ``model.importance_params(stitch_id)`` the stitch's Θ_s,
+    ``model.trainable()`` / ``model.param_groups(...)`` what the optimizer steps, and
+    ``model.reduce_grads`` / ``model.rank`` make it one replica of a data-parallel run.
 
     ``settings`` is everything that determines the run (config slices, input checksums); its hash
     names the checkpoint. ``stop_after`` ends the run after that many steps (tests of resume).
@@ -207,8 +210,6 @@ def train(
     device = torch.device(device)
     model.to(device).train()
     if cfg.grad_checkpointing:
-        if not hasattr(model, "set_grad_checkpointing"):
-            raise ValueError(f"train.grad_checkpointing is on, but {type(model).__name__} has no set_grad_checkpointing")
         model.set_grad_checkpointing(True)
     n = len(data)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
@@ -255,7 +256,7 @@ def train(
         pending.clear()
 
     def checkpoint(step: int) -> None:
-        if ckpt is None or getattr(model, "rank", 0) != 0:  # data parallel: rank 0 writes for all
+        if ckpt is None or model.rank != 0:  # data parallel: rank 0 writes for all
             return
         flush_history()
         _save(
@@ -290,8 +291,7 @@ def train(
                 loss = model.loss(batch, sid)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if hasattr(model, "reduce_grads"):  # data parallel: average the stitch's grads over ranks first
-                model.reduce_grads(sid)
+            model.reduce_grads(sid)  # data parallel: average the stitch's grads over ranks first
             theta = model.importance_params(sid)
             q = snip_importance(theta) if theta else None  # a 0-dim tensor on the device, not synced
             sampler.update(sid, float("nan") if q is None else q, step)

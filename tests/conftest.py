@@ -16,7 +16,7 @@ import pytest
 import timm
 import torch
 
-from esta.vit.stitch import enumerate_stitches
+from esta.stitches import enumerate_stitches
 
 torch.set_num_threads(1)  # 2-core CI box, often shared: one thread is fastest for these toy models
 
@@ -74,7 +74,7 @@ def make_images(n: int, seed: int = 1) -> torch.Tensor:
 def expected_path(stitch_id: int, depth: int = DEPTH, n_anchors: int = 3):
     """From the stitch table alone: (LoRA names, bias names, head weight name) of one stitch's path,
     as named inside the adapted model (peft wraps targets, their bias becomes ``base_layer.bias``)."""
-    s = enumerate_stitches(depth, n_anchors)[stitch_id]
+    s = enumerate_stitches([depth] * n_anchors)[stitch_id]
     if s.is_anchor:
         blocks = [(s.front, b) for b in range(depth)]
     else:

@@ -46,7 +46,7 @@ def test_lora_gradients_are_the_autograd_gradients_of_the_stitch(pst):
     model, _, data = pst
     x, y = batch(data)
     sid = 7
-    grads = lora_gradients(model, x, y, sid)
+    grads = lora_gradients(model, (x, y), sid)
     model.zero_grad(set_to_none=True)
     F.cross_entropy(model(x, sid), y).backward()
     for name, p in model.net.named_parameters():
@@ -65,9 +65,9 @@ def test_gradient_cosines_follow_the_definition_over_shared_modules(pst):
     model, _, data = pst
     x, y = batch(data)
     ids = [0, 1, 5, 12]
-    df = gradient_cosines(model, x, y, ids)
+    df = gradient_cosines(model, (x, y), ids)
     assert not df["cosine"].isna().any() and (df["cosine"].abs() <= 1 + 1e-9).all()
-    grads = {s: lora_gradients(model, x, y, s) for s in ids}
+    grads = {s: lora_gradients(model, (x, y), s) for s in ids}
     for row in df.itertuples():
         shared = sorted(grads[row.stitch_a].keys() & grads[row.stitch_b].keys())
         assert row.shared_modules == len(shared) > 0
@@ -86,7 +86,7 @@ def test_zero_gradients_give_no_pair_instead_of_nan():
         for n, p in model.net.named_parameters():
             if "lora_A" in n:
                 p.zero_()  # now B's gradient is zero too: no direction at all
-    df = gradient_cosines(model, x, y, [3, 4, 5])
+    df = gradient_cosines(model, (x, y), [3, 4, 5])
     assert df.empty and list(df.columns) == ["stitch_a", "stitch_b", "shared_modules", "cosine"]
 
 
@@ -106,19 +106,32 @@ def test_spearman_of_importance_and_accuracy():
 
 # ---- stored parameters -----------------------------------------------------------------------
 
-def test_stored_params_count_shared_lora_and_only_deployed_biases():
-    net = StitchedViT(make_anchors())
-    model = make_tunable(net, TuningConfig(rank=2))
-    trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
-    bias = {s: sum(v for n, v in trainable.items() if n.startswith(f"biases.{s}.")) for s in range(net.num_stitches)}
-    shared = sum(v for n, v in trainable.items() if not n.startswith("biases."))
-    layers = sum(p.numel() for p in net.stitch_layers.parameters() if not p.requires_grad)
+def test_stored_params_count_only_what_the_deployed_stitches_run_through():
+    """Counted by hand for the tiny family (widths 16/32/48, depth 4, 16 px and patch 8 so 5 tokens,
+    5 classes, LoRA r = 2 on qkv and proj) deploying anchor 0 and stitch 4 = 0->1 (j=0, k=1, layer 0):
+    no other stitching layer, no block of anchor 2 and no other stitch's biases are stored."""
+    model = make_tunable(StitchedViT(make_anchors()), TuningConfig(rank=2))
+    assert model.net.stitch(4) == model.net.table[4] and (model.net.table[4].j, model.net.table[4].k) == (0, 1)
+    lora = 4 * (2 * 16 + 48 * 2 + 2 * 16 + 16 * 2)  # anchor 0, blocks 0-3: qkv and proj, A and B
+    lora += 3 * (2 * 32 + 96 * 2 + 2 * 32 + 32 * 2)  # anchor 1, blocks 1-3 (stitch 4's end)
+    layer = (16 * 32 + 32) + (2 * 16 + 32 * 2)  # stitching layer 0 of pair 0 (LS fit) and its LoRA
+    heads = 5 * 16 + 5 * 32  # head weights of anchors 0 and 1
+    block = {16: 48 + 16 + 64 + 16, 32: 96 + 32 + 128 + 32}  # biases of qkv, proj, fc1, fc2
+    biases = (4 * block[16] + 5) + (block[16] + 32 + 3 * block[32] + 5)  # stitch 0's own, stitch 4's own
+    task = lora + layer + heads + biases
+    assert task == 4426
     got = stored_params(model, [0, 4])
-    assert got["task"] == shared + bias[0] + bias[4] + layers
-    frozen = sum(p.numel() for n, p in net.named_parameters() if not p.requires_grad)
-    assert got["total"] == got["task"] + frozen - layers
+    assert got["task"] == task
+    stem = (3 * 8 * 8 * 16 + 16) + 16 + 5 * 16  # anchor 0's patch embed, cls, pos
+    frozen_block = {16: 2 * 32 + (16 * 48 + 48) + (16 * 16 + 16) + (16 * 64 + 64) + (64 * 16 + 16),
+                    32: 2 * 64 + (32 * 96 + 96) + (32 * 32 + 32) + (32 * 128 + 128) + (128 * 32 + 32)}
+    frozen = stem + 4 * frozen_block[16] + 32 + 5  # anchor 0: blocks, final norm, head bias
+    frozen += 3 * frozen_block[32] + 64 + 5  # anchor 1: blocks 1-3, final norm, head bias
+    assert got["total"] == task + frozen == 58948
+    # SN-Net stores its fine-tuned anchor 0 alone for a palette of anchor 0: no stitching layer
     full = make_tunable(StitchedViT(make_anchors()), TuningConfig(mode="full"))
-    assert stored_params(full, [0])["task"] == sum(p.numel() for p in full.parameters())
+    anchor0 = stem + 4 * frozen_block[16] + 32 + (5 * 16 + 5)
+    assert stored_params(full, [0]) == dict(task=anchor0, total=anchor0)
 
 
 # ---- tables ----------------------------------------------------------------------------------

@@ -57,3 +57,25 @@ def test_info_text_output(capsys):
     out = capsys.readouterr().out
     assert "35 stitches" in out
     assert len([line for line in out.splitlines() if line.split()[0].isdigit()]) == 35
+
+
+def test_info_json_for_the_paper_llama_pair():
+    """The CLI dispatches on the family name: LLaMA-7B -> 13B has 31 depth-rule stitches + 2
+    anchors (spec §11), parameters counted on the meta device, MACs per token."""
+    proc = run_cli("info", "--family", "llama-7b-13b", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["kind"] == "llm" and info["rule"] == "depth" and info["macs_unit"] == "token"
+    records = info["stitches"]
+    assert info["n_stitches"] == len(records) == 33
+    anchors = [r for r in records if r["front"] == r["end"]]
+    assert [r["stitch_id"] for r in anchors] == [0, 1]
+    assert anchors[0]["params"] == pytest.approx(6.738e9, rel=1e-3) and anchors[1]["params"] == pytest.approx(13.016e9, rel=1e-3)
+    assert all(set(r) == RECORD_KEYS for r in records)
+    assert all(r["k"] > r["j"] for r in records[2:])
+    assert 20_000_000 < info["trainable_params"]["esta"] < 30_000_000  # spec §11: about 23.6 M
+
+
+def test_info_refuses_a_rule_the_family_cannot_take():
+    assert main(["info", "--family", "llama-7b-13b", "--rule", "paired"]) == 2  # 32 vs 40 layers
+    assert main(["info", "--family", "embedded", "--rule", "depth"]) == 2

@@ -18,7 +18,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from esta.vit import data, embedded
+from esta.vit import data, embedded, upstream
 from esta.vit.data.cifar import CIFAR_PICKLE_GLOBALS
 from esta.vit.data import (TASKS, VtabFolder, check_task, eval_transform, load_tensors, mode_splits, open_split,
                        task_info, write_vtab_task)
@@ -137,14 +137,14 @@ def test_labels_carry_signal():
 
 
 def test_make_upstream_small(tmp_path, no_network):
-    out = embedded.make_upstream(tmp_path / "up", seed=0, n_classes=6, n_per_class=3, n_val_per_class=2)
-    again = embedded.make_upstream(tmp_path / "up2", seed=0, n_classes=6, n_per_class=3, n_val_per_class=2)
+    out = upstream.make_upstream(tmp_path / "up", seed=0, n_classes=6, n_per_class=3, n_val_per_class=2)
+    again = upstream.make_upstream(tmp_path / "up2", seed=0, n_classes=6, n_per_class=3, n_val_per_class=2)
     assert _files(out) == _files(again)
     train = VtabFolder(out, "train", 6, eval_transform(32))
     assert sorted(train.labels) == sorted(list(range(6)) * 3)
     assert len(VtabFolder(out, "val", 6, eval_transform(32))) == 12
     with pytest.raises(ValueError, match="n_classes"):
-        embedded.make_upstream(tmp_path / "bad", seed=0, n_classes=10_000)
+        upstream.make_upstream(tmp_path / "bad", seed=0, n_classes=10_000)
 
 
 # ---- VTAB-1k reader and writer ------------------------------------------------------------------

@@ -12,7 +12,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from esta.llm.anchors import family
-from esta.llm.stitch import StitchedLlama, depth_positions, enumerate_stitches, ls_init
+from esta.llm.stitch import StitchedLlama, ls_init
+from esta.stitches import depth_positions, enumerate_stitches
 from esta.lstsq import affine_lstsq
 
 torch.set_num_threads(1)
@@ -51,10 +52,10 @@ def test_depth_rule_32_to_40_gives_31_stitches_with_k_after_j():
 
 def test_equal_depths_work_under_both_rules():
     assert [(j, k) for j, k, _ in depth_positions(4, 4)] == [(0, 1), (1, 2), (2, 3)]
-    paired = enumerate_stitches([4, 4], "paired")
+    paired = enumerate_stitches([4, 4], rule="paired")
     assert len(paired) == 2 + (3 * 4 - 2)  # SN-Net's window rule, spec §2
     with pytest.raises(ValueError, match="equal depth"):
-        enumerate_stitches([4, 6], "paired")
+        enumerate_stitches([4, 6], rule="paired")
 
 
 def test_anchor_stitches_equal_hf_logits_on_left_padded_batch():
@@ -137,11 +138,18 @@ def test_ls_init_solves_the_normal_equations_of_each_stitch(rule):
     ids, mask = left_padded_batch(3)
     residual = ls_init(net, [(ids, mask)], ridge=0.0)
     stitches = [s for s in net.table if not s.is_anchor]
-    assert set(residual) == {s.stitch_id for s in stitches} and all(0 < r < 1 for r in residual.values())
+    assert set(residual) == {s.stitch_id for s in stitches} and all(r > 0 for r in residual.values())
     front, end = layer_io(anchors[0], ids, mask), layer_io(anchors[1], ids, mask)
     layers = {}
     for s in stitches:
         layers.setdefault(s.layer, []).append((front[s.j + 1], end[s.k]))
+        # the residual reported is the installed layer's (for a shared layer: the averaged one)
+        lin = net.stitch_layers[0][s.layer]
+        x, y = front[s.j + 1], end[s.k]
+        installed = ((x @ lin.weight.double().T + lin.bias.double() - y).norm() / y.norm()).item()
+        assert residual[s.stitch_id] == pytest.approx(installed, rel=1e-3, abs=1e-6)
+    if rule == "depth":  # each position's own least-squares fit beats the zero map
+        assert all(r < 1 for r in residual.values())
     for layer, pairs in layers.items():
         lin = net.stitch_layers[0][layer]
         w, b = lin.weight.double(), lin.bias.double()

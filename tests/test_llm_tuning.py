@@ -8,7 +8,8 @@ import copy
 import torch
 
 from esta.llm.stitch import StitchedLlama, ls_init
-from esta.llm.tuning import LlamaTuningConfig, count_trainable, family_trainable, make_tunable
+from esta.llm.tuning import LlamaTuningConfig, family_trainable, make_tunable
+from esta.llm.tuning import trainable_by_kind as count_trainable
 
 from test_llm_stitch import VOCAB, left_padded_batch, tiny_anchors
 

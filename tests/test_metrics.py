@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from esta.info import stitch_table
+from esta.vit.info import stitch_table
 from esta.vit.anchors import meta_family
 from esta.vit.metrics import deployed_metrics, head_split, with_task_head
 

@@ -10,8 +10,10 @@ from conftest import DEPTH, NUM_CLASSES, make_anchors, make_images, tiny_arch
 
 from esta.vit.export import export_stitch, load_stitch
 from esta.vit.stages import adapted_anchor_biases, start_from_adapted, stitch_layer_weights
-from esta.vit.stitch import StitchedViT, enumerate_stitches
-from esta.vit.tuning import PEFT_METHODS, TuningConfig, count_trainable, make_tunable
+from esta.stitches import enumerate_stitches
+from esta.vit.stitch import StitchedViT
+from esta.vit.tuning import PEFT_METHODS, TuningConfig, make_tunable
+from esta.tunable import count_trainable
 
 N_STITCHES = 3 + 2 * (3 * DEPTH - 2)
 SAMPLE_IDS = [0, 2, 3, 15, N_STITCHES - 1]  # anchors Ti and B, a Ti->S stitch, S->B stitches
@@ -36,7 +38,7 @@ BLOCK = {
 
 def expected(method: str, stitch_id: int) -> tuple[set[str], set[str], str]:
     """(PEFT parameter names, own bias names, head weight) on one stitch's path."""
-    s = enumerate_stitches(DEPTH, 3)[stitch_id]
+    s = enumerate_stitches([DEPTH] * 3)[stitch_id]
     blocks = ([(s.front, b) for b in range(DEPTH)] if s.is_anchor else
               [(s.front, b) for b in range(s.j + 1)] + [(s.end, b) for b in range(s.k, DEPTH)])
     peft, biases = set(), set()

@@ -508,7 +508,8 @@ def test_matching_weight_file_registers(tmp_path):
 
 def state_of_other_settings(tmp_path: Path) -> Outcome:
     """esta.vit.build.assemble(rank 4, state_file = a state trained with rank 2)"""
-    from esta.vit.build import assemble, save_tensors
+    from esta.vit.build import assemble
+    from esta.tensors import save_tensors
 
     state = tmp_path / "rank2.safetensors"
     save_tensors(assemble("embedded", 5, [None] * 3, tuning_cfg=TuningConfig(rank=2)).trainable(), state)

@@ -81,7 +81,7 @@ def test_bias_corrected_average_and_visit_counts():
     imp = s.importance()
     assert imp[1].item() == pytest.approx(expected_i1, rel=1e-12)
     assert imp[2].item() == pytest.approx(1.0, rel=1e-12)  # one visit: I = Q exactly
-    assert imp[3].item() == 0.0
+    assert math.isnan(imp[3].item())  # visited, never measured: no estimate, not a bias-corrected 0
     assert math.isnan(imp[0].item())
     assert s.visits.tolist() == [0, 3, 1, 1]
     assert s.last_step.tolist() == [-1, 7, 5, 8]
@@ -228,3 +228,17 @@ def test_assign_intervals_edges():
     assert assign_intervals(macs, 1).tolist() == [0] * 6
     with pytest.raises(ValueError, match="0"):
         assign_intervals(macs, 0)
+
+
+def test_a_method_without_importance_keeps_nan_for_every_visited_stitch():
+    """SN-Net's full fine-tuning has no Θ_s: its training records NaN for every visit, and the
+    statistics it leaves must say "no importance", not a bias-corrected 0 (issue 21, item 5)."""
+    s = StitchSampler(3, total_steps=10, cfg=SamplerConfig(kind="uniform"))
+    for step in range(10):
+        s.update(s.sample(step), float("nan"), step)
+    stats = s.stats()
+    assert (stats["visits"] > 0).all() and stats["importance"].isna().all()
+    state = s.state_dict()  # and it survives a resume
+    t = StitchSampler(3, total_steps=10, cfg=SamplerConfig(kind="uniform"))
+    t.load_state_dict(state)
+    assert t.stats()["importance"].isna().all()

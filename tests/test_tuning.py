@@ -12,8 +12,9 @@ from torch import nn
 
 import esta.vit.tuning
 from esta.vit.tuning import TuningConfig, make_tunable
-from esta.info import trainable_params
-from esta.vit.stitch import StitchedViT, enumerate_stitches
+from esta.vit.info import trainable_params
+from esta.stitches import enumerate_stitches
+from esta.vit.stitch import StitchedViT
 
 N_STITCHES = 3 + 2 * (3 * DEPTH - 2)
 # anchors Ti and B, Ti->S (0,0) on layer 0, Ti->S (2,3), S->B (1,0) (k = 0), S->B (3,3) (last)
@@ -202,7 +203,7 @@ def expected_pst_params(widths=(192, 384, 768), depth=12, classes=100, r=8) -> i
     heads = sum(classes * w for w in widths)
     biases = sum(depth * 9 * w + classes for w in widths)
     for wf, we in zip(widths, widths[1:]):
-        for s in enumerate_stitches(depth, 2)[2:]:
+        for s in enumerate_stitches([depth] * 2)[2:]:
             biases += (s.j + 1) * 9 * wf + (depth - s.k) * 9 * we + we + classes
     return lora + heads + biases
 

@@ -11,7 +11,8 @@ import yaml
 
 from esta.vit import embedded, upstream
 from esta.vit.anchors import family
-from esta.vit.build import load_tensors_file, open_task, write_manifest
+from esta.vit.build import open_task, write_manifest
+from esta.tensors import load_tensors_file
 from esta.vit.shipped import ASSETS, MANIFEST, install, read_shipped, ship, shipped_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +62,7 @@ def test_upstream_never_reads_the_downstream_photos(monkeypatch):
     monkeypatch.setattr(upstream, "_photo", spy)
     upstream.render(np.random.default_rng(0), np.arange(upstream.CLASSES))
     task_photos = {f for f, _ in embedded._TEXTURES + embedded._MEDICAL}
-    assert set(read) == {f for f, _ in embedded._UPSTREAM_BG}
+    assert set(read) == {f for f, _ in upstream._UPSTREAM_BG}
     assert not set(read) & task_photos
 
 
@@ -137,7 +138,7 @@ def test_short_run_of_the_shipped_recipe(tmp_path):
     from esta.sampling import SamplerConfig, StitchSampler
     from esta.train import TrainConfig, train
     from esta.vit.anchors import build_anchor
-    from esta.vit.build import save_tensors
+    from esta.tensors import save_tensors
     from esta.vit.stitch import StitchedViT
     from esta.vit.tuning import TuningConfig, make_tunable
 

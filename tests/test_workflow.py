@@ -304,7 +304,7 @@ def test_three_stage_run_starts_from_its_adapted_anchors(smoke):
     stage1 = [json.loads((run / "stage1" / f"anchor{i}.json").read_text()) for i in range(3)]
     assert info["stages"] == "three" and info["adapt_steps"] == sum(r["steps"] for r in stage1) == 3 * info["steps"]
     assert all(r["tuning"]["mode"] == "pst" and r["tuning"]["peft"] == info["tuning"]["peft"] for r in stage1)
-    from esta.vit.build import load_tensors_file
+    from esta.tensors import load_tensors_file
 
     _, meta = load_tensors_file(run / "stitch_init.safetensors")
     assert meta["adapted"] is True

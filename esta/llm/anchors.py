@@ -12,13 +12,16 @@ differ are refused with an error naming both folders.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-__all__ = ["LlamaSpec", "FAMILIES", "family", "build_family", "load_anchors", "check_same_vocab"]
+from esta.stitches import enumerate_stitches
+
+__all__ = ["LlamaSpec", "FAMILIES", "family", "build_family", "load_anchors", "check_same_vocab", "check_rule"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,25 @@ def build_family(name: str, vocab_size: int | None = None, seed: int = 0) -> lis
         cfg = dict(spec.config, **({} if vocab_size is None else dict(vocab_size=vocab_size)))
         out.append(LlamaForCausalLM(LlamaConfig(**cfg)))
     return out
+
+
+def check_rule(family_name: str, rule: str, folders: list[str | Path] | None = None) -> None:
+    """Refuse a stitch ``rule`` the anchors cannot take (config ``llm.rule``), before any job: the
+    depths and widths come from the folders' ``config.json`` when given (a missing one is left to
+    the job that loads it), else from the family table."""
+    if folders is not None:
+        configs = [Path(f) / "config.json" for f in folders if f is not None]
+        if len(configs) != len(folders) or not all(c.is_file() for c in configs):
+            return
+        shapes = [json.loads(c.read_text()) for c in configs]
+        where = f"anchor folders {[str(f) for f in folders]}"
+    else:
+        shapes = [spec.config for spec in family(family_name)]
+        where = f"LLM family {family_name!r}"
+    try:
+        enumerate_stitches([c["num_hidden_layers"] for c in shapes], [c["hidden_size"] for c in shapes], rule)
+    except ValueError as err:
+        raise ValueError(f"config llm.rule = {rule!r} does not fit the {where}: {err}") from None
 
 
 def _tokenizer_files(folder: Path) -> bool:

@@ -23,10 +23,10 @@ from esta.llm.data import encode_alpaca, load_alpaca
 from esta.llm.evaluate import stitch_metrics
 from esta.llm.stitch import StitchedLlama
 from esta.llm.tuning import LlamaTuningConfig, TunableLlama, make_tunable
-from esta.vit.build import load_tensors_file, save_tensors
+from esta.tensors import copy_into, load_tensors_file, load_trainable
 
 __all__ = ["DTYPES", "suite", "split_alpaca", "load_tokenizer", "encode", "tuning_config", "stitched",
-           "stitch_layer_state", "assemble", "cost_table", "evaluate", "save_tensors", "require"]
+           "stitch_layer_state", "assemble", "cost_table", "evaluate", "require"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -86,21 +86,17 @@ def stitch_layer_state(net: StitchedLlama) -> dict[str, torch.Tensor]:
 
 
 def stitched(folders: list[str | Path], dtype: str = "fp32", checkpointing: bool = False,
-             stitch_init: str | Path | None = None, anchors: list[int] | None = None) -> tuple[StitchedLlama, object]:
+             stitch_init: str | Path | None = None, anchors: list[int] | None = None,
+             rule: str = "depth") -> tuple[StitchedLlama, object]:
     """The stitched model of HF anchor folders (``anchors`` picks some, e.g. one for the
-    anchor-alone baseline) and their tokenizer; ``stitch_init`` loads LS-initialised layers."""
+    anchor-alone baseline) and their tokenizer, stitched by ``rule`` (config ``llm.rule``);
+    ``stitch_init`` loads LS-initialised layers."""
     chosen = [folders[i] for i in (anchors if anchors is not None else range(len(folders)))]
     models, tokenizer = load_anchors(chosen, DTYPES[dtype])
-    net = StitchedLlama(models, checkpointing=checkpointing)
+    net = StitchedLlama(models, rule=rule, checkpointing=checkpointing)
     if stitch_init is not None:
-        tensors, _ = load_tensors_file(stitch_init)
-        mine = stitch_layer_state(net)
-        if set(tensors) != set(mine):
-            raise ValueError(f"{stitch_init}: stitching layers {sorted(tensors)[:4]} do not fit the anchors "
-                             f"{[str(f) for f in chosen]} (expected {sorted(mine)[:4]})")
-        with torch.no_grad():
-            for n, t in tensors.items():
-                mine[n].copy_(t)
+        copy_into(stitch_layer_state(net), load_tensors_file(stitch_init)[0], stitch_init,
+                  f"the stitching layers of anchors {[str(f) for f in chosen]}")
     return net, tokenizer
 
 
@@ -108,25 +104,19 @@ def assemble(net: StitchedLlama, pst: dict, state: str | Path | None = None) -> 
     """PST on ``net`` (``llm.pst``), with the trained state of ``state`` when given."""
     model = make_tunable(net, tuning_config(pst))
     if state is not None:
-        tensors, _ = load_tensors_file(state)
-        mine = model.trainable()
-        if set(tensors) != set(mine):
-            extra, missing = sorted(set(tensors) - set(mine)), sorted(set(mine) - set(tensors))
-            raise ValueError(f"{state} does not fit the model: unexpected {extra[:4]}, missing {missing[:4]}")
-        with torch.no_grad():
-            for n, t in tensors.items():
-                mine[n].copy_(t)
+        load_trainable(model, load_tensors_file(state)[0], state)
     return model
 
 
-def cost_table(folders: list[str | Path], names: list[str] | None = None, seq_len: int = 512) -> pd.DataFrame:
-    """Parameters and per-token MACs of every stitch of the anchors in ``folders``, counted on
-    meta-device copies built from their ``config.json`` (no weights are read)."""
+def cost_table(folders: list[str | Path], names: list[str] | None = None, seq_len: int = 512,
+               rule: str = "depth") -> pd.DataFrame:
+    """Parameters and per-token MACs of every stitch of the anchors in ``folders`` under ``rule``,
+    counted on meta-device copies built from their ``config.json`` (no weights are read)."""
     configs = [LlamaConfig.from_pretrained(f, local_files_only=True) for f in folders]
     with torch.device("meta"):
         models = [LlamaForCausalLM(c) for c in configs]
     names = names or [Path(f).name for f in folders]
-    return stitch_costs(models, names, seq_len=seq_len)
+    return stitch_costs(models, names, rule=rule, seq_len=seq_len)
 
 
 def evaluate(model, tokenizer, stitch_ids: list[int], test: list[dict], tok_cfg: dict, eval_cfg: dict) -> pd.DataFrame:

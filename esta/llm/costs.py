@@ -3,39 +3,25 @@
 
 MACs are multiply-accumulates per token of a ``seq_len``-token sequence at batch 1, counted with
 ``torch.utils.flop_counter`` (2 FLOPs per MAC; we halve it) once per decoder layer of each anchor
-and summed per stitch; attention's QK^T and AV matmuls are counted over the full T x T as the
-counter sees them. Parameters of a stitch are everything on its path: the front embeddings, the
-layers run, the stitching layer (weight and bias), the end norm and the end ``lm_head`` (untied).
+and summed per stitch by the method core (``esta.costs``; ``macs_unit`` says "token"); attention's
+QK^T and AV matmuls are counted over the full T x T as the counter sees them. Parameters of a stitch
+are everything on its path: the front embeddings, the layers run, the stitching layer (weight and
+bias), the end norm and the end ``lm_head`` (untied).
 """
 
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass
 
 import pandas as pd
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from esta import costs
 from esta.llm.anchors import build_family, family
-from esta.llm.stitch import enumerate_stitches
 
-__all__ = ["LlamaCost", "llama_costs", "stitch_costs", "stitch_table"]
+__all__ = ["llama_costs", "stitch_costs", "stitch_table"]
 
 SEQ_LEN = 512  # a typical Alpaca prompt + response [decision]
-
-
-@dataclass(frozen=True)
-class LlamaCost:
-    """Per-token MACs and parameters of each part of one decoder anchor."""
-
-    embed_params: int
-    layer_params: list[int]
-    layer_macs: list[int]
-    norm_params: int
-    head_params: int
-    head_macs: int
-    width: int
 
 
 def _per_token_macs(fn, seq_len: int) -> int:
@@ -49,7 +35,7 @@ def _numel(module: nn.Module) -> int:
 
 
 @torch.no_grad()
-def llama_costs(lm: nn.Module, seq_len: int = SEQ_LEN) -> LlamaCost:
+def llama_costs(lm: nn.Module, seq_len: int = SEQ_LEN) -> costs.AnchorCost:
     """Count one ``LlamaForCausalLM`` part by part (the model should already be on the meta device)."""
     model, d = lm.model, lm.config.hidden_size
     h = torch.empty(1, seq_len, d, device=lm.device, dtype=lm.dtype)
@@ -60,45 +46,30 @@ def llama_costs(lm: nn.Module, seq_len: int = SEQ_LEN) -> LlamaCost:
     first = model.layers[0]
     macs = _per_token_macs(lambda: first(h, attention_mask=None, position_embeddings=pe, position_ids=pos), seq_len)
     layer_macs = [macs] * len(model.layers)
-    return LlamaCost(
-        embed_params=_numel(model.embed_tokens),
-        layer_params=[_numel(layer) for layer in model.layers],
-        layer_macs=layer_macs,
+    return costs.AnchorCost(
+        stem_macs=0,  # an embedding lookup multiplies nothing
+        block_macs=layer_macs,
+        norm_macs=0,  # the counter sees matmuls only; RMSNorm has none
+        head_macs=_per_token_macs(lambda: lm.lm_head(h), seq_len),
+        stem_params=_numel(model.embed_tokens),
+        block_params=[_numel(layer) for layer in model.layers],
         norm_params=_numel(model.norm),
         head_params=_numel(lm.lm_head),
-        head_macs=_per_token_macs(lambda: lm.lm_head(h), seq_len),
+        tokens=1,  # per token: the stitching layer maps one row
         width=d,
     )
 
 
+def _name(s, names: list[str]) -> str:
+    return f"{names[s.front]}[:{s.j + 1}]->{names[s.end]}[{s.k}:]"
+
+
 def stitch_costs(anchors: list[nn.Module], names: list[str], rule: str = "depth",
                  seq_len: int = SEQ_LEN) -> pd.DataFrame:
-    """The stitch table with per-token MACs and parameters per stitch.
-
-    Columns: stitch_id, name, front, end, j, k, layer, depth, params, macs, macs_nohead, gmacs,
-    seq_len. Deployment intervals may use ``params`` or ``macs_nohead`` (spec §6, §11).
-    """
-    costs = [llama_costs(a, seq_len) for a in anchors]
-    rows = []
-    for s in enumerate_stitches([len(c.layer_params) for c in costs], rule):
-        f, e = costs[s.front], costs[s.end]
-        if s.is_anchor:
-            ranges = [(f, range(len(f.layer_params)))]
-            link_params = link_macs = 0
-        else:
-            ranges = [(f, range(s.j + 1)), (e, range(s.k, len(e.layer_params)))]
-            link_params, link_macs = f.width * e.width + e.width, f.width * e.width
-        body_params = sum(c.layer_params[i] for c, r in ranges for i in r)
-        body_macs = sum(c.layer_macs[i] for c, r in ranges for i in r) + link_macs
-        name = names[s.front] if s.is_anchor else f"{names[s.front]}[:{s.j + 1}]->{names[s.end]}[{s.k}:]"
-        rows.append(dict(
-            asdict(s), name=name,
-            params=f.embed_params + body_params + link_params + e.norm_params + e.head_params,
-            macs=body_macs + e.head_macs, macs_nohead=body_macs, seq_len=seq_len,
-        ))
-    df = pd.DataFrame(rows)
-    df["gmacs"] = df["macs"] / 1e9
-    return df
+    """The stitch table with per-token MACs and parameters per stitch (``esta.costs.stitch_costs``),
+    plus ``seq_len``. Deployment intervals may use ``params`` or ``macs_nohead`` (spec §6, §11)."""
+    parts = [llama_costs(a, seq_len) for a in anchors]
+    return costs.stitch_costs(parts, names, unit="token", rule=rule, name=_name).assign(seq_len=seq_len)
 
 
 def stitch_table(family_name: str, rule: str = "depth", seq_len: int = SEQ_LEN) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from torch.utils.data import TensorDataset
 
 from esta.sampling import SamplerConfig, StitchSampler
 from esta.train import TrainConfig, TrainResult, train
+from esta.tunable import adamw_groups, trainable_of
 
 __all__ = ["FullLlama", "trim", "pretrain"]
 
@@ -33,7 +34,10 @@ def trim(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
 
 
 class FullLlama(nn.Module):
-    """One ``LlamaForCausalLM`` under ``esta.train.train``, every parameter trainable."""
+    """One ``LlamaForCausalLM`` under ``esta.train.train``, every parameter trainable
+    (``esta.tunable.Trainable``: one process, one stitch)."""
+
+    rank = 0
 
     def __init__(self, lm: nn.Module):
         super().__init__()
@@ -50,13 +54,21 @@ class FullLlama(nn.Module):
         return []  # one stitch: no importance to track
 
     def trainable(self) -> dict[str, nn.Parameter]:
-        return dict(self.named_parameters())
+        return trainable_of(self)
 
     def param_groups(self, lr: float, lr_anchor: float | None, weight_decay: float, decay_1d: bool = False) -> list[dict]:
-        matrices = [p for p in self.parameters() if p.ndim > 1 or decay_1d]
-        vectors = [p for p in self.parameters() if p.ndim <= 1 and not decay_1d]  # RMSNorm weights
-        return [dict(params=matrices, lr=lr, weight_decay=weight_decay),
-                dict(params=vectors, lr=lr, weight_decay=0.0)]
+        """Matrices with ``weight_decay``, 1-D parameters (RMSNorm weights) without, unless ``decay_1d``."""
+        return adamw_groups(self.trainable(), lr, weight_decay, decay_1d)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """HF's own non-reentrant gradient checkpointing of the decoder layers."""
+        if enable:
+            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(use_reentrant=False))
+        else:
+            self.lm.gradient_checkpointing_disable()
+
+    def reduce_grads(self, stitch_id: int) -> None:
+        """Pretraining runs in one process: nothing to reduce."""
 
 
 def pretrain(lm: nn.Module, data: TensorDataset, steps: int, batch_size: int, lr: float, weight_decay: float,

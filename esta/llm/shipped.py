@@ -49,15 +49,9 @@ _STORED_DTYPE = torch.bfloat16
 
 def shipped_dir(family_name: str) -> Path:
     """The folder of a family's shipped anchors; a family without one names the layout expected."""
-    folder = ASSETS / family_name
-    if not (folder / MANIFEST).is_file():
-        known = sorted(m.parent.name for m in ASSETS.glob(f"*/{MANIFEST}"))
-        raise FileNotFoundError(
-            f"no shipped LLM anchors for family {family_name!r}: {folder / MANIFEST} is missing (expected "
-            f"{MANIFEST} with anchor<i>.safetensors.xz, anchor<i>.config.json, anchor<i>.json and the tokenizer "
-            f"beside it); families shipped: {known}. Use llm.anchors.source: pretrain to train them."
-        )
-    return folder
+    return runtime.shipped_folder(ASSETS, family_name, MANIFEST, "LLM anchors",
+                                  "anchor<i>.safetensors.xz, anchor<i>.config.json, anchor<i>.json and the tokenizer",
+                                  "llm.anchors.source")
 
 
 def _entry(folder: Path, name: str) -> dict:
@@ -79,10 +73,7 @@ def ship(folders: list[str | Path], infos: list[dict], dest: str | Path, command
          family_name: str = "tiny", extra: dict | None = None) -> dict:
     """Store the pretrained anchor ``folders`` (HF folders with the tokenizer) and their info records
     ``infos`` (``value`` re-measured on the rounded weights) in ``dest`` with a manifest."""
-    if len(folders) != len(infos) or not folders:
-        raise ValueError(f"ship needs one info record per anchor folder, got {len(folders)} and {len(infos)}")
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    dest = runtime.ship_folder(dest, folders, infos, "anchor folder")
     entries = []
     for i, (src, info) in enumerate(zip(folders, infos)):
         src = Path(src)

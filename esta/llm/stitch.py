@@ -2,11 +2,10 @@
 (spec §11; the ViT counterpart is ``esta.vit.stitch``).
 
 A stitch runs the front anchor's ``embed_tokens`` and decoder layers ``0..j``, a stitching linear
-``d_f -> d_e``, the end anchor's layers ``k..L_e-1``, its final norm and its ``lm_head``. Positions
-follow the depth-preserving rule ``k = round((j+1)·L_e/L_f)`` for ``j = 0..L_f-2`` (32 -> 40 layers:
-31 stitches, one stitching layer each); for anchors of equal depth SN-Net's paired window rule
-(spec §2, shared stitching layers) is an option. Ids ``0..A-1`` are the anchors (small first), then
-each neighbouring pair's positions.
+``d_f -> d_e``, the end anchor's layers ``k..L_e-1``, its final norm and its ``lm_head``. The stitch
+table is the method core's (``esta.stitches``): the depth-preserving rule ``k = round((j+1)·L_e/L_f)``
+by default (32 -> 40 layers: 31 stitches, one stitching layer each), SN-Net's paired window rule
+(shared stitching layers) for anchors of equal depth with ``llm.rule: paired``.
 
 The forward goes through the HF modules themselves (transformers 5.x): each anchor applies its own
 rotary embedding and its own causal mask from ``create_causal_mask`` (which also masks padding),
@@ -23,44 +22,10 @@ from torch.utils.checkpoint import checkpoint
 from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
-# The table row (stitch_id, front, end, j, k, layer, depth = layers run) and SN-Net's window rule
-# are the vision family's, unchanged.
-from esta.lstsq import affine_lstsq
-from esta.vit.stitch import Stitch, window_positions
+from esta import stitches
+from esta.lstsq import fit_shared_layers
 
-__all__ = ["depth_positions", "enumerate_stitches", "StitchedLlama", "positions_from_mask", "ls_init"]
-
-RULES = ("depth", "paired")
-
-
-def depth_positions(front_layers: int, end_layers: int) -> list[tuple[int, int, int]]:
-    """(j, k, layer) of the depth-preserving rule: front layer j feeds end layer
-    ``k = round((j+1)·L_e/L_f)``, every position with its own stitching layer."""
-    out = []
-    for j in range(front_layers - 1):
-        k = round((j + 1) * end_layers / front_layers)
-        if k >= end_layers:  # the end anchor is much shallower: nothing of it would run
-            continue
-        out.append((j, k, len(out)))
-    return out
-
-
-def enumerate_stitches(depths: list[int], rule: str = "depth") -> list[Stitch]:
-    """The stitch table of anchors with ``depths`` (small first) under ``rule``."""
-    if rule not in RULES:
-        raise ValueError(f"stitch rule must be one of {RULES}, got {rule!r}")
-    table = [Stitch(a, a, a, -1, -1, -1, d) for a, d in enumerate(depths)]
-    for p in range(len(depths) - 1):
-        lf, le = depths[p], depths[p + 1]
-        if rule == "paired":
-            if lf != le:
-                raise ValueError(f"the paired rule needs anchors of equal depth, got {lf} and {le} layers")
-            positions = window_positions(lf)
-        else:
-            positions = depth_positions(lf, le)
-        for j, k, layer in positions:
-            table.append(Stitch(len(table), p, p + 1, j, k, layer, j + 1 + le - k))
-    return table
+__all__ = ["StitchedLlama", "positions_from_mask", "ls_init", "self_or_base"]
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -82,7 +47,8 @@ class StitchedLlama(nn.Module):
         self.anchors = nn.ModuleList(anchors)
         self.rule = rule
         self.checkpointing = checkpointing
-        self.table = enumerate_stitches([a.config.num_hidden_layers for a in anchors], rule)
+        self.table = stitches.enumerate_stitches([a.config.num_hidden_layers for a in anchors],
+                                                 [a.config.hidden_size for a in anchors], rule)
         widths = [a.config.hidden_size for a in anchors]
         self.stitch_layers = nn.ModuleList()
         for p in range(len(anchors) - 1):
@@ -91,11 +57,13 @@ class StitchedLlama(nn.Module):
 
     num_stitches = property(lambda self: len(self.table))
 
-    def stitch(self, stitch_id: int) -> Stitch:
+    def stitch(self, stitch_id: int) -> stitches.Stitch:
         """The table row of ``stitch_id``; an unknown id is an error naming the valid range."""
-        if stitch_id in range(len(self.table)):
-            return self.table[stitch_id]
-        raise ValueError(f"stitch id {stitch_id} is not in 0..{len(self.table) - 1} ({len(self.table)} stitches)")
+        return stitches.lookup(self.table, stitch_id)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each decoder layer in the backward pass (non-reentrant; overrides reapplied)."""
+        self.checkpointing = bool(enable)
 
     def segments(self, stitch_id: int) -> list[tuple[int, range]]:
         """(anchor, decoder layers) run by a stitch, in order."""
@@ -115,7 +83,8 @@ class StitchedLlama(nn.Module):
         return out + [f"anchors.{s.end}.model.norm.", f"anchors.{s.end}.lm_head."]
 
     def on_path(self, name: str, stitch_id: int) -> bool:
-        return any(name.startswith(p) for p in self.path_prefixes(stitch_id))
+        """Whether the parameter or module called ``name`` lies on stitch ``stitch_id``'s path."""
+        return stitches.on_path(name, self.path_prefixes(stitch_id))
 
     def new_caches(self) -> list[DynamicCache]:
         """One empty KV cache per anchor."""
@@ -223,8 +192,9 @@ def ls_init(net: StitchedLlama, batches: list[tuple[torch.Tensor, torch.Tensor]]
     For position (j, k): X = the front's output of layer j, Y = the end's input of layer k (HF's
     ``hidden_states[j+1]`` and ``hidden_states[k]``), over the non-pad tokens of ``batches`` of
     ``(input_ids, attention_mask)``, capped at ``max_tokens``; float64, optional ``ridge``
-    (``esta.lstsq``). A layer shared by several positions (paired rule) takes the mean of their
-    solutions (SN-Net's rule). Returns the relative fit residual per stitch id.
+    (``esta.lstsq.fit_shared_layers``). A layer shared by several positions (paired rule) takes the
+    mean of their solutions (SN-Net's rule). Returns, per stitch id, the relative residual of the
+    layer actually installed.
     """
     was_training = net.training
     net.eval()
@@ -237,17 +207,12 @@ def ls_init(net: StitchedLlama, batches: list[tuple[torch.Tensor, torch.Tensor]]
             states[a].append(_layer_inputs(net, a, ids, mask))
         seen += int(mask.sum())
     per_layer = [[torch.cat(col)[:max_tokens] for col in zip(*runs)] for runs in states]
-    residual, solutions = {}, {}
-    for s in net.table:
-        if s.is_anchor:
-            continue
-        x, y = per_layer[s.front][s.j + 1], per_layer[s.end][s.k]
-        w, b = affine_lstsq(x, y, ridge)
-        solutions.setdefault((s.front, s.layer), []).append((w, b))
-        residual[s.stitch_id] = ((x.double() @ w.T + b - y.double()).norm() / y.double().norm()).item()
-    for (p, layer), sols in solutions.items():
+    positions = [((s.front, s.layer), s.stitch_id, per_layer[s.front][s.j + 1], per_layer[s.end][s.k])
+                 for s in net.table if not s.is_anchor]
+    layers, residual = fit_shared_layers(positions, ridge)
+    for (p, layer), (w, b) in layers.items():
         lin = self_or_base(net.stitch_layers[p][layer])
-        lin.weight.copy_(torch.stack([w for w, _ in sols]).mean(0).to(lin.weight))
-        lin.bias.copy_(torch.stack([b for _, b in sols]).mean(0).to(lin.bias))
+        lin.weight.copy_(w.to(lin.weight))
+        lin.bias.copy_(b.to(lin.bias))
     net.train(was_training)
     return residual

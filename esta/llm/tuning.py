@@ -30,9 +30,10 @@ from torch import nn
 from esta.llm import distributed
 from esta.llm.anchors import build_family
 from esta.llm.stitch import StitchedLlama, self_or_base
+from esta.tunable import adamw_groups, path_params, trainable_of
 
 __all__ = [
-    "LlamaTuningConfig", "TunableLlama", "inject_shared_lora", "make_tunable", "count_trainable", "family_trainable",
+    "LlamaTuningConfig", "TunableLlama", "inject_shared_lora", "make_tunable", "trainable_by_kind", "family_trainable",
 ]
 
 
@@ -79,9 +80,10 @@ def inject_shared_lora(net: StitchedLlama, cfg: LlamaTuningConfig) -> dict[str, 
 
 
 class TunableLlama(nn.Module):
-    """A ``StitchedLlama`` with its trainable set settled: ``model(ids, mask, stitch_id)`` -> logits,
-    and the interface of ``esta.train.train`` (``loss``, ``importance_params``, ``trainable``,
-    ``param_groups``)."""
+    """A ``StitchedLlama`` with its trainable set settled: ``model(ids, mask, stitch_id)`` -> logits;
+    implements ``esta.tunable.TunableStitches`` for ``esta.train.train`` (``loss``,
+    ``importance_params``, ``trainable``, ``param_groups``, gradient checkpointing, and the rank and
+    gradient reduction of a data-parallel run)."""
 
     def __init__(self, net: StitchedLlama, cfg: LlamaTuningConfig):
         super().__init__()
@@ -142,6 +144,10 @@ class TunableLlama(nn.Module):
                                 reduction="sum")
         return distributed.global_token_mean(total, (target != -100).sum(), self.world)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute decoder layers in the backward pass (``StitchedLlama.set_grad_checkpointing``)."""
+        self.net.set_grad_checkpointing(enable)
+
     def reduce_grads(self, stitch_id: int) -> None:
         """After backward, before importance and the optimizer step: average the gradients over the
         ranks of a data-parallel run (a no-op in one process). Only ``stitch_id``'s path has any."""
@@ -151,24 +157,20 @@ class TunableLlama(nn.Module):
     def importance_params(self, stitch_id: int) -> list[nn.Parameter]:
         """Θ_s of spec §6: the stitch's own biases plus the LoRA parameters on its path."""
         if stitch_id not in self._theta:  # called every step: match names once per stitch
-            self._theta[stitch_id] = list(self.biases[stitch_id]) + [
-                p for n, p in self.net.named_parameters() if "lora_" in n and self.net.on_path(n, stitch_id)
-            ]
+            lora = path_params(self.net, stitch_id, lambda n, p: "lora_" in n)
+            self._theta[stitch_id] = list(self.biases[stitch_id]) + lora
         return self._theta[stitch_id]
 
     def trainable(self) -> dict[str, nn.Parameter]:
         """Every parameter that trains, by qualified name."""
-        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+        return trainable_of(self)
 
     def param_groups(self, lr: float, lr_anchor: float | None, weight_decay: float,
                      decay_1d: bool = False) -> list[dict]:
         """AdamW groups, all at ``lr`` (PST trains no anchor weight, so SN-Net's ``lr_anchor`` does
         not apply): the LoRA matrices with ``weight_decay`` first, then the stitch biases without
         decay unless ``decay_1d`` (the usual rule for 1-D parameters, as on the vision path)."""
-        matrices = [p for p in self.trainable().values() if p.ndim > 1 or decay_1d]
-        vectors = [p for p in self.trainable().values() if p.ndim <= 1 and not decay_1d]
-        groups = [dict(params=matrices, lr=lr, weight_decay=weight_decay)]
-        return groups + ([dict(params=vectors, lr=lr, weight_decay=0.0)] if vectors else [])
+        return adamw_groups(self.trainable(), lr, weight_decay, decay_1d)
 
 
 def make_tunable(net: StitchedLlama, cfg: LlamaTuningConfig | None = None) -> TunableLlama:
@@ -176,8 +178,9 @@ def make_tunable(net: StitchedLlama, cfg: LlamaTuningConfig | None = None) -> Tu
     return TunableLlama(net, cfg or LlamaTuningConfig())
 
 
-def count_trainable(model: TunableLlama) -> dict[str, int]:
-    """Trainable parameters by kind: LoRA in the decoder layers, LoRA on stitching layers, biases."""
+def trainable_by_kind(model: TunableLlama) -> dict[str, int]:
+    """Trainable parameters by kind: LoRA in the decoder layers, LoRA on stitching layers, biases,
+    and their ``total`` (``esta.tunable.count_trainable``, the one number every family reports)."""
     out = dict(lora_layers=0, lora_stitch=0, biases=0)
     for n, p in model.trainable().items():
         kind = "biases" if n.startswith("biases.") else "lora_stitch" if ".stitch_layers." in n else "lora_layers"
@@ -186,7 +189,7 @@ def count_trainable(model: TunableLlama) -> dict[str, int]:
     return out
 
 
-def family_trainable(family_name: str, cfg: LlamaTuningConfig | None = None) -> dict[str, int]:
+def family_trainable(family_name: str, cfg: LlamaTuningConfig | None = None, rule: str = "depth") -> dict[str, int]:
     """PST's trainable counts for a family from its config table (meta device: no weights)."""
     with torch.device("meta"):
-        return count_trainable(make_tunable(StitchedLlama(build_family(family_name)), cfg))
+        return trainable_by_kind(make_tunable(StitchedLlama(build_family(family_name), rule=rule), cfg))

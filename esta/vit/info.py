@@ -1,17 +1,20 @@
-"""Family summary shared by ``python -m esta info`` and the workflow's stitch table (spec §2-§3, §5)."""
+"""ViT family summary shared by ``python -m esta info`` and the workflow's stitch table (spec §2-§3,
+§5); the LLaMA counterpart is ``esta.llm.info``."""
 
 from __future__ import annotations
 
 import pandas as pd
 import torch
 
+from esta.tunable import count_trainable
 from esta.vit.anchors import family, meta_family
 from esta.vit.stitch import StitchedViT, stitch_costs
-from esta.vit.tuning import TunableViT, TuningConfig, count_trainable, make_tunable
+from esta.vit.tuning import TunableViT, TuningConfig, make_tunable
 
 __all__ = ["meta_stitched", "stitch_table", "trainable_params", "family_info"]
 
-COLUMNS = ["stitch_id", "name", "front", "end", "j", "k", "layer", "depth", "gmacs", "macs", "macs_nohead", "params"]
+COLUMNS = ["stitch_id", "name", "front", "end", "j", "k", "layer", "depth", "gmacs", "macs", "macs_nohead",
+           "macs_unit", "params"]
 
 
 def meta_stitched(
@@ -37,11 +40,14 @@ def trainable_params(family_name: str, num_classes: int, rank: int = 8) -> dict[
 
 
 def family_info(family_name: str, num_classes: int, rank: int = 8) -> dict:
+    """The stitch table and trainable counts of a family, as ``python -m esta info`` prints them."""
     table = stitch_table(family_name, num_classes)
     keep = ["stitch_id", "front", "end", "j", "k", "layer", "depth", "gmacs", "params"]
     return dict(
         family=family_name,
+        kind="vit",
         num_classes=num_classes,
+        macs_unit="image",
         n_stitches=len(table),
         trainable_params=trainable_params(family_name, num_classes, rank),
         stitches=table[keep].to_dict(orient="records"),

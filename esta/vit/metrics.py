@@ -18,11 +18,11 @@ __all__ = ["head_split", "with_task_head", "deployed_metrics", "anchors_alone"]
 
 
 def head_split(family_name: str, head_classes: int) -> pd.DataFrame:
-    """The stitch table of ``esta.info.stitch_table`` with ``head_classes`` classes, plus the
+    """The stitch table of ``esta.vit.info.stitch_table`` with ``head_classes`` classes, plus the
     head-free ``params_nohead`` (``macs_nohead`` is already there) and the head's cost per class,
     ``head_params_per_class`` and ``head_macs_per_class``, measured by counting a second table with
     one class more (so any head linear in the class count is split exactly)."""
-    from esta.info import stitch_table  # builds models on the meta device: torch and timm, here only
+    from esta.vit.info import stitch_table  # builds models on the meta device: torch and timm, here only
 
     t = stitch_table(family_name, head_classes)
     more = stitch_table(family_name, head_classes + 1).set_index("stitch_id").loc[t["stitch_id"]]
@@ -75,7 +75,7 @@ def deployed_metrics(
         if run.get("mode") != mode:
             raise ValueError(f"{name} is a {run.get('mode')!r}-mode train.json, expected {mode!r} "
                              f"(retrain_final={retrain_final})")
-    cols = ["name", "front", "end", "j", "k", "depth", "gmacs", "params"]
+    cols = ["name", "front", "end", "j", "k", "depth", "gmacs", "macs_unit", "params"]
     costs = with_task_head(stitches, num_classes).set_index("stitch_id")[cols]
     return accuracy.join(costs, on="stitch_id").assign(
         trainable_params=eval_run["trainable_params"],
@@ -115,5 +115,5 @@ def anchors_alone(runs: list[tuple[int, dict]], stitches: pd.DataFrame, task_cla
     parts = []
     for task, g in out.groupby("task", sort=False):
         costs = with_task_head(stitches, task_classes[task]).set_index("stitch_id")
-        parts.append(g.join(costs[["name", "front", "end", "gmacs", "params"]], on="stitch_id"))
+        parts.append(g.join(costs[["name", "front", "end", "gmacs", "macs_unit", "params"]], on="stitch_id"))
     return pd.concat(parts, ignore_index=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from esta import runtime
-from esta.vit.build import load_tensors_file, save_tensors
+from esta.tensors import load_tensors_file, save_tensors
 
 __all__ = ["ASSETS", "MANIFEST", "shipped_dir", "read_shipped", "ship", "install"]
 
@@ -37,15 +37,8 @@ _STORED_DTYPE = torch.float16
 
 def shipped_dir(family_name: str) -> Path:
     """The folder of a family's shipped anchors; a family without one names the layout expected."""
-    folder = ASSETS / family_name
-    if not (folder / MANIFEST).is_file():
-        known = sorted(p.name for p in ASSETS.iterdir() if (p / MANIFEST).is_file()) if ASSETS.is_dir() else []
-        raise FileNotFoundError(
-            f"no shipped anchors for family {family_name!r}: {folder / MANIFEST} is missing (expected "
-            f"{MANIFEST} with anchor<i>.safetensors and anchor<i>.json beside it); families shipped: {known}. "
-            "Use anchors.source: pretrain to train them."
-        )
-    return folder
+    return runtime.shipped_folder(ASSETS, family_name, MANIFEST, "anchors",
+                                  "anchor<i>.safetensors and anchor<i>.json", "anchors.source")
 
 
 def read_shipped(folder: str | Path) -> dict:
@@ -63,10 +56,7 @@ def ship(weights: list[str | Path], infos: list[str | Path], folder: str | Path,
     """Store the pretrained anchors ``weights`` (and their ``infos`` records) in ``folder`` with a
     manifest; ``command`` is the exact command that made them, ``recipe`` its config slice, ``extra``
     any further record (e.g. the commit it ran on)."""
-    if len(weights) != len(infos) or not weights:
-        raise ValueError(f"ship needs one info record per weight file, got {len(weights)} and {len(infos)}")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = runtime.ship_folder(folder, weights, infos, "weight file")
     entries = []
     for i, (w, inf) in enumerate(zip(weights, infos)):
         tensors, meta = load_tensors_file(w)

@@ -1,10 +1,10 @@
-"""Stitchable networks over an anchor family (SN-Net, Pan et al. CVPR 2023; ESTA §3; spec §2-§4).
+"""Stitchable ViTs over an anchor family (SN-Net, Pan et al. CVPR 2023; ESTA §3; spec §2-§4).
 
 A *stitch* runs the front anchor's blocks ``0..j``, a linear stitching layer, then the end anchor's
-blocks ``k..D-1``, final norm and head. Only neighbouring anchors are stitched ("nearest stitching"),
-positions come from a sliding window of size 2 and stride 1, and the positions a window adds share
-one stitching layer. Stitch ids: ``0..A-1`` are the anchors (small to large), then each pair's
-positions in window order -- 71 stitches for ViT-Ti/S/B, exactly SN-Net's table.
+blocks ``k..D-1``, final norm and head. The stitch table (ids, positions, shared stitching layers)
+is the method core's (``esta.stitches``): SN-Net's paired rule for a family of equal depth, 71
+stitches for ViT-Ti/S/B. This module runs stitches through timm's modules, fits the stitching layers
+by least squares (``esta.lstsq``) and counts each anchor part's cost for ``esta.costs``.
 
 FLOPs are multiply-accumulates (MACs) at batch 1, SN-Net's and fvcore's convention, counted with
 ``torch.utils.flop_counter`` (which reports 2 FLOPs per MAC; we halve it) once per anchor block on
@@ -14,7 +14,6 @@ the meta device and summed per stitch.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
 
 import pandas as pd
 import torch
@@ -23,59 +22,18 @@ from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 
+from esta import costs, stitches
+from esta.lstsq import fit_shared_layers
 from esta.vit.anchors import check_family
 
 __all__ = [
-    "Stitch",
-    "enumerate_stitches",
     "StitchedViT",
     "embed",
-    "least_squares",
+    "head",
     "ls_init",
     "anchor_costs",
     "stitch_costs",
 ]
-
-
-@dataclass(frozen=True)
-class Stitch:
-    """One row of the stitch table. For an anchor, front == end and j, k, layer are -1."""
-
-    stitch_id: int
-    front: int
-    end: int
-    j: int
-    k: int
-    layer: int
-    depth: int
-
-    @property
-    def is_anchor(self) -> bool:
-        return self.front == self.end
-
-
-def window_positions(depth: int) -> list[tuple[int, int, int]]:
-    """(j, k, layer) for one anchor pair: every ordered pair of blocks inside a size-2 window that
-    no earlier window produced; the new positions of window ``m`` share stitching layer ``m``."""
-    seen: set[tuple[int, int]] = set()
-    out = []
-    for m in range(depth):  # the last window (m = depth-1) holds one block and adds nothing
-        window = [b for b in (m, m + 1) if b < depth]
-        new = [(j, k) for j in window for k in window if (j, k) not in seen]
-        seen.update(new)
-        out += [(j, k, m) for j, k in new]
-    return out
-
-
-def enumerate_stitches(depth: int, n_anchors: int) -> list[Stitch]:
-    """The full stitch table for ``n_anchors`` anchors of equal ``depth`` (spec §2)."""
-    if depth < 2 or n_anchors < 1:
-        raise ValueError(f"need depth >= 2 and at least one anchor, got depth={depth}, n={n_anchors}")
-    table = [Stitch(a, a, a, -1, -1, -1, depth) for a in range(n_anchors)]
-    for front in range(n_anchors - 1):
-        for j, k, layer in window_positions(depth):
-            table.append(Stitch(len(table), front, front + 1, j, k, layer, depth + 1 + j - k))
-    return table
 
 
 def embed(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -105,7 +63,8 @@ class StitchedViT(nn.Module):
         check_family(anchors)
         self.anchors = nn.ModuleList(anchors)
         self.depth = len(anchors[0].blocks)
-        self.table = enumerate_stitches(self.depth, len(anchors))
+        self.table = stitches.enumerate_stitches([self.depth] * len(anchors), [a.embed_dim for a in anchors],
+                                                 "paired")
         n_layers = max(s.layer for s in self.table) + 1 if len(anchors) > 1 else 0
         self.stitch_layers = nn.ModuleList(
             nn.ModuleList(
@@ -135,12 +94,10 @@ class StitchedViT(nn.Module):
     def num_stitches(self) -> int:
         return len(self.table)
 
-    def stitch(self, stitch_id: int) -> Stitch:
-        if not 0 <= stitch_id < len(self.table):
-            raise ValueError(f"stitch id {stitch_id} out of range 0..{len(self.table) - 1}")
-        return self.table[stitch_id]
+    def stitch(self, stitch_id: int) -> stitches.Stitch:
+        return stitches.lookup(self.table, stitch_id)
 
-    def stitch_layer(self, s: Stitch) -> nn.Module:
+    def stitch_layer(self, s: stitches.Stitch) -> nn.Module:
         return self.stitch_layers[s.front][s.layer]
 
     def front_states(self, x: torch.Tensor, anchor: int, upto: int | None = None) -> list[torch.Tensor]:
@@ -185,7 +142,7 @@ class StitchedViT(nn.Module):
 
     def on_path(self, name: str, stitch_id: int) -> bool:
         """Whether the parameter or module called ``name`` lies on stitch ``stitch_id``'s path."""
-        return any(name.startswith(p) or name + "." == p for p in self.path_prefixes(stitch_id))
+        return stitches.on_path(name, self.path_prefixes(stitch_id))
 
 
 def _call_with(block: nn.Module, state: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
@@ -197,26 +154,19 @@ def _call_with(block: nn.Module, state: dict[str, torch.Tensor], h: torch.Tensor
 # Least-squares initialisation (spec §4)
 
 
-def least_squares(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Affine fit ``y ~ x W^T + b`` in float64; x (M, Cin), y (M, Cout) -> W (Cout, Cin), b (Cout)."""
-    x64 = torch.cat([x.double(), x.new_ones(x.shape[0], 1, dtype=torch.float64)], dim=1)
-    sol = torch.linalg.lstsq(x64, y.double(), driver="gelsd").solution  # (Cin + 1, Cout)
-    return sol[:-1].T.contiguous(), sol[-1].contiguous()
-
-
 @torch.no_grad()
 def ls_init(net: StitchedViT, images: torch.Tensor) -> dict[tuple[int, int], float]:
     """Initialise every stitching layer by least squares on one batch of un-augmented images.
 
     For position (j, k): X = front output of block j, Y = end input of block k (its stem output when
-    k = 0), tokens flattened to rows. A layer shared by several positions takes the element-wise mean
-    of their solutions (SN-Net's rule). Returns the relative fit residual per (pair, layer).
+    k = 0), tokens flattened to rows (``esta.lstsq.fit_shared_layers``: a layer shared by several
+    positions takes the element-wise mean of their solutions, SN-Net's rule). Returns, per
+    (pair, layer), the mean relative residual of its positions under the installed layer.
     """
     was_training = net.training
     net.eval()
-    residual = {}
-    n_pairs = len(net.anchors) - 1
-    for p in range(n_pairs):
+    positions = []
+    for p in range(len(net.anchors) - 1):
         xs = [s.flatten(0, 1) for s in net.front_states(images, p)]  # (B*N, Cf) per block
         end = net.anchors[p + 1]
         h = embed(end, images)
@@ -224,23 +174,18 @@ def ls_init(net: StitchedViT, images: torch.Tensor) -> dict[tuple[int, int], flo
         for blk in end.blocks:
             h = blk(h)
             ys.append(h.flatten(0, 1))
-        by_layer: dict[int, list] = {}
-        for s in net.table:
-            if s.front == p and not s.is_anchor:
-                by_layer.setdefault(s.layer, []).append(least_squares(xs[s.j], ys[s.k]) + (s,))
-        for layer, sols in by_layer.items():
-            w = torch.stack([w for w, _, _ in sols]).mean(0)
-            b = torch.stack([b for _, b, _ in sols]).mean(0)
-            lin = net.stitch_layers[p][layer]
-            lin.weight.copy_(w.to(lin.weight.dtype))
-            lin.bias.copy_(b.to(lin.bias.dtype))
-            errs = []
-            for _, _, s in sols:
-                pred = xs[s.j].double() @ w.T + b
-                errs.append(((pred - ys[s.k].double()).norm() / ys[s.k].double().norm()).item())
-            residual[(p, layer)] = sum(errs) / len(errs)
+        positions += [((p, s.layer), s.stitch_id, xs[s.j], ys[s.k])
+                      for s in net.table if s.front == p and not s.is_anchor]
+    layers, residual = fit_shared_layers(positions)
+    for (p, layer), (w, b) in layers.items():
+        lin = net.stitch_layers[p][layer]
+        lin.weight.copy_(w.to(lin.weight.dtype))
+        lin.bias.copy_(b.to(lin.bias.dtype))
     net.train(was_training)
-    return residual
+    per_layer: dict[tuple[int, int], list[float]] = {}
+    for key, sid, _, _ in positions:
+        per_layer.setdefault(key, []).append(residual[sid])
+    return {key: sum(r) / len(r) for key, r in per_layer.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,24 +210,8 @@ def _numel(*modules_or_params) -> int:
     return total
 
 
-@dataclass(frozen=True)
-class AnchorCost:
-    """MACs and parameters of each part of one anchor at batch 1."""
-
-    stem_macs: int
-    block_macs: list[int]
-    norm_macs: int
-    head_macs: int
-    stem_params: int
-    block_params: list[int]
-    norm_params: int
-    head_params: int
-    tokens: int
-    width: int
-
-
 @torch.no_grad()
-def anchor_costs(vit: nn.Module) -> AnchorCost:
+def anchor_costs(vit: nn.Module) -> costs.AnchorCost:
     """Count one anchor part by part on the meta device (with attention unfused, so that the
     attention matmuls are seen; timm's ``set_fused_attn`` only affects modules built after it)."""
     vit = copy.deepcopy(vit).to("meta").eval()
@@ -296,7 +225,7 @@ def anchor_costs(vit: nn.Module) -> AnchorCost:
     norm_macs = _macs(vit.norm, h)
     head_macs = _macs(vit.forward_head, h)
     stem = [vit.patch_embed, vit.cls_token, vit.reg_token, vit.pos_embed, vit.norm_pre]
-    return AnchorCost(
+    return costs.AnchorCost(
         stem_macs=stem_macs,
         block_macs=block_macs,
         norm_macs=norm_macs,
@@ -311,35 +240,7 @@ def anchor_costs(vit: nn.Module) -> AnchorCost:
 
 
 def stitch_costs(anchors: list[nn.Module], names: list[str] | None = None) -> pd.DataFrame:
-    """The stitch table with MACs and parameters per stitch, summed from per-block counts.
-
-    Columns: stitch_id, front, end, j, k, layer, depth, macs, macs_nohead, gmacs, params, name.
-    The stitching layer's cost is included; parameters count the front anchor's cls/pos embeddings
-    (SN-Net's tables leave them out). Deployment intervals use ``macs_nohead`` (spec §6).
-    """
-    costs = [anchor_costs(a) for a in anchors]
+    """The stitch table with MACs per image and parameters per stitch (``esta.costs.stitch_costs``);
+    parameters count the front anchor's cls/pos embeddings (SN-Net's tables leave them out)."""
     names = names or [f"anchor{i}" for i in range(len(anchors))]
-    depth = len(costs[0].block_macs)
-    rows = []
-    for s in enumerate_stitches(depth, len(anchors)):
-        f, e = costs[s.front], costs[s.end]
-        j, k = (depth - 1, depth) if s.is_anchor else (s.j, s.k)
-        layer_macs = 0 if s.is_anchor else f.tokens * f.width * e.width
-        layer_params = 0 if s.is_anchor else f.width * e.width + e.width
-        body = f.stem_macs + sum(f.block_macs[: j + 1]) + layer_macs + sum(e.block_macs[k:]) + e.norm_macs
-        params = (
-            f.stem_params + sum(f.block_params[: j + 1]) + layer_params + sum(e.block_params[k:])
-            + e.norm_params + e.head_params
-        )
-        rows.append(
-            dict(
-                asdict(s),
-                macs=body + e.head_macs,
-                macs_nohead=body,
-                params=params,
-                name=names[s.front] if s.is_anchor else f"{names[s.front]}->{names[s.end]} ({s.j},{s.k})",
-            )
-        )
-    df = pd.DataFrame(rows)
-    df["gmacs"] = df["macs"] / 1e9
-    return df
+    return costs.stitch_costs([anchor_costs(a) for a in anchors], names, unit="image", rule="paired")

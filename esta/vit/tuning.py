@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from esta.tunable import adamw_groups, path_params, trainable_of
 from esta.vit.stitch import StitchedViT
 
-__all__ = ["TuningConfig", "TunableViT", "make_tunable", "count_trainable", "LORA_TARGETS", "PEFT_METHODS"]
+__all__ = ["TuningConfig", "TunableViT", "make_tunable", "LORA_TARGETS", "PEFT_METHODS"]
 
 # LoRA / DoRA targets in the anchor blocks: the self-attention projections (and the MLP). A bare
 # "proj" would also match patch_embed.proj (a Conv2d), so modules are matched by their full path.
@@ -47,7 +48,7 @@ PEFT_METHODS = ("lora", "dora", "ia3", "adapter", "adaptformer")
 # Names of the parameters PEFT adds (peft's prefixes, and esta.vit.adapters' layer names)
 _ADAPTER_TOKENS = ("lora_", "ia3_", "adapter_")
 _SEP = ":"  # nn.ParameterDict keys may not contain "."
-_NO_DECAY = {"pos_embed", "cls_token", "dist_token", "reg_token"}  # timm ViT's no_weight_decay()
+_NO_DECAY = frozenset({"pos_embed", "cls_token", "dist_token", "reg_token"})  # timm ViT's no_weight_decay()
 
 
 @dataclass
@@ -132,7 +133,10 @@ def inject_peft(net: StitchedViT, cfg: TuningConfig) -> None:
 
 
 class TunableViT(nn.Module):
-    """A ``StitchedViT`` with its trainable set settled: ``model(x, stitch_id)`` -> logits."""
+    """A ``StitchedViT`` with its trainable set settled: ``model(x, stitch_id)`` -> logits; implements
+    ``esta.tunable.TunableStitches`` (one process on one device: rank 0, no gradient reduction)."""
+
+    rank = 0
 
     def __init__(self, net: StitchedViT, cfg: TuningConfig):
         super().__init__()
@@ -177,8 +181,11 @@ class TunableViT(nn.Module):
         return self.biases is None
 
     def biases_for(self, stitch_id: int) -> dict[str, nn.Parameter]:
-        """Stitch ``stitch_id``'s own biases keyed by the net parameter they stand in for."""
+        """Stitch ``stitch_id``'s own biases keyed by the net parameter they stand in for (none when
+        stitches share their biases: full fine-tuning, or PST without stitch biases)."""
         self.net.stitch(stitch_id)  # range check
+        if self.biases is None:
+            return {}
         return {k.replace(_SEP, "."): p for k, p in self.biases[str(stitch_id)].items()}
 
     def forward(self, x: torch.Tensor, stitch_id: int) -> torch.Tensor:
@@ -196,6 +203,9 @@ class TunableViT(nn.Module):
         """Recompute anchor blocks in the backward pass (``StitchedViT.set_grad_checkpointing``)."""
         self.net.set_grad_checkpointing(enable)
 
+    def reduce_grads(self, stitch_id: int) -> None:
+        """A vision job is one process (spec §1): its gradients are the batch's already."""
+
     def importance_params(self, stitch_id: int) -> list[nn.Parameter]:
         """Θ_s of spec §6: the stitch's own biases plus the LoRA parameters on its path (with shared
         biases, the shared ones on its path). Head weights are not in Θ_s. Empty in full mode, where
@@ -204,16 +214,13 @@ class TunableViT(nn.Module):
             return []
         if stitch_id not in self._theta:  # called every step: match names once per stitch
             own = list(self.biases[str(stitch_id)].values()) if self.biases is not None else []
-            self._theta[stitch_id] = own + [
-                p
-                for n, p in self.net.named_parameters()
-                if p.requires_grad and not n.endswith(".head.weight") and self.net.on_path(n, stitch_id)
-            ]
+            shared = path_params(self.net, stitch_id, lambda n, p: p.requires_grad and not n.endswith(".head.weight"))
+            self._theta[stitch_id] = own + shared
         return self._theta[stitch_id]
 
     def trainable(self) -> dict[str, nn.Parameter]:
         """Every parameter that trains, by qualified name."""
-        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+        return trainable_of(self)
 
     def param_groups(self, lr: float, lr_anchor: float | None, weight_decay: float,
                      decay_1d: bool = False) -> list[dict]:
@@ -222,23 +229,14 @@ class TunableViT(nn.Module):
         (biases, LayerNorm, PST's stitch biases) and pos_embed/cls_token get no weight decay
         (timm's ``param_groups_weight_decay`` rule and ``VisionTransformer.no_weight_decay``).
         The first group is the ``lr`` group with decay (the one the training log reports)."""
-        groups: dict[tuple[float, float], list[nn.Parameter]] = {}
-        for n, p in self.trainable().items():
-            is_anchor_weight = n.startswith("net.anchors.") and ".head." not in n
-            full_anchor = self.cfg.mode == "full" and lr_anchor is not None and is_anchor_weight
-            no_decay = not decay_1d and (p.ndim <= 1 or n.rsplit(".", 1)[-1] in _NO_DECAY)
-            key = (lr_anchor if full_anchor else lr, 0.0 if no_decay else weight_decay)
-            groups.setdefault(key, []).append(p)
-        first = (lr, weight_decay)
-        order = sorted(groups, key=lambda k: (k != first, k[0] != lr, k))
-        return [dict(params=groups[k], lr=k[0], weight_decay=k[1]) for k in order]
+
+        def lr_of(name: str) -> float:
+            is_anchor_weight = name.startswith("net.anchors.") and ".head." not in name
+            return lr_anchor if self.cfg.mode == "full" and lr_anchor is not None and is_anchor_weight else lr
+
+        return adamw_groups(self.trainable(), lr, weight_decay, decay_1d, lr_of, _NO_DECAY)
 
 
 def make_tunable(net: StitchedViT, cfg: TuningConfig) -> TunableViT:
     """Settle the trainable set of ``net`` in place and wrap it; see the module docstring."""
     return TunableViT(net, cfg)
-
-
-def count_trainable(model: TunableViT) -> int:
-    return sum(p.numel() for p in model.trainable().values())
-

@@ -1,10 +1,11 @@
-"""The rich synthetic upstream set: ImageNet's role for the embedded anchors (our [decision], spec §8).
+"""Synthetic upstream sets: ImageNet's role for the embedded anchors (our [decision], spec §8).
 
-Why it exists: ImageNet transfers to VTAB because it covers what the downstream tasks need, not
-because it is large. The basic upstream of ``esta.vit.embedded.make_upstream`` (shape x hue x
-texture x background recipes) is fine-grained but narrow: pretraining B-32 on it transferred nothing
-(issue 11). This set mixes seven groups of classes, each a kind of content the default tasks use,
-none of them the downstream images themselves:
+Why they exist: the default run pretrains its tiny anchors on nothing downloaded. ImageNet transfers
+to VTAB because it covers what the downstream tasks need, not because it is large. The basic set
+(``make_upstream``: shape x hue x texture x background recipes) is fine-grained but narrow:
+pretraining B-32 on it transferred nothing (issue 11). The rich set (``make_rich_upstream``, the
+shipped anchors' recipe) mixes seven groups of classes, each a kind of content the default tasks
+use, none of them the downstream images themselves:
 
 - ``glyph``   characters of matplotlib's bundled TrueType fonts (the font is an augmentation, the
               character the class), sometimes degraded to 6-12 px and blown up again, as sklearn's
@@ -32,11 +33,96 @@ import numpy as np
 from PIL import Image, ImageFont
 
 from esta.vit.data import write_vtab_task
-from esta.vit.embedded import (_KINDS, _UPSTREAM_BG, RES, _balanced_labels, _contrasting_colours, _coverage,
-                               _noisy_background, _paint, _photo, _photometric_jitter, _render_upstream, _resize,
-                               _rng, _to_uint8)
+from esta.vit.embedded import (_KINDS, RES, _balanced_labels, _contrasting_colours, _coverage, _noisy_background,
+                               _paint, _photo, _photometric_jitter, _random_crops, _resize, _rng, _to_uint8)
 
-__all__ = ["GROUPS", "CLASSES", "class_names", "render", "make_rich_upstream"]
+__all__ = ["make_upstream", "GROUPS", "CLASSES", "class_names", "render", "make_rich_upstream"]
+
+# Upstream backgrounds come from other photos than the task sources, so pretraining never sees
+# the downstream images.
+_UPSTREAM_BG = [("astronaut.png", 0.5), ("rocket.jpg", 0.5), ("motorcycle_left.png", 0.5),
+                ("motorcycle_right.png", 0.5), ("color.png", 0.75), ("clock_motion.png", 0.75),
+                ("horse.png", 0.5), ("phantom.png", 0.5), ("logo.png", 0.5)]
+
+# Upstream "ImageNet stand-in" for pretraining the tiny anchors.
+
+# A class is a recipe: shape kind x hue x foreground texture x background type. Instances vary
+# in position, scale, rotation, aspect, colour, stripe phase/orientation, noise and distractors.
+_N_HUES, _N_TEXTURES, _N_BACKGROUNDS = 6, 4, 3
+
+
+def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(n,) hue/saturation/value in [0, 1] -> (n, 3) RGB in [0, 255]."""
+    k = (np.array([5.0, 3.0, 1.0]) + h[:, None] * 6) % 6
+    return 255 * (v[:, None] - v[:, None] * s[:, None] * np.clip(np.minimum(k, 4 - k), 0, 1))
+
+
+def _render_upstream(rng: np.random.Generator, recipe: np.ndarray) -> np.ndarray:
+    """uint8 (n, RES, RES, 3) instances of the per-image recipes (n, 4) = (kind, hue, texture, background)."""
+    kind, hue, texture, background = recipe.T
+    n = len(recipe)
+    # background: 0 flat colour + gradient + noise, 1 two-colour gradient, 2 crop of a bundled photo
+    img = _noisy_background(rng, n, rng.random(n) < 0.5)
+    two = background == 1
+    t = np.linspace(0, 1, RES, dtype=np.float32)
+    flip = rng.random(int(two.sum())) < 0.5
+    ramp = np.where(flip[:, None, None], t[None, :, None], t[None, None, :])  # (m, H, W)
+    a, b = rng.uniform(0, 255, (2, int(two.sum()), 1, 1, 3))
+    img[two] = a + (b - a) * ramp[..., None] + rng.normal(0, 6, (int(two.sum()), RES, RES, 3))
+    photo = background == 2
+    img[photo] = _random_crops(rng, _UPSTREAM_BG, rng.integers(0, len(_UPSTREAM_BG), int(photo.sum())), (32, 96))
+    # foreground: the class hue (with instance jitter), striped/checkered by the class texture
+    colour = _hsv_to_rgb((hue / _N_HUES + rng.normal(0, 0.03, n)) % 1, rng.uniform(0.55, 1, n), rng.uniform(0.6, 1, n))
+    phi, phase = rng.uniform(0, np.pi, n), rng.uniform(0, 2 * np.pi, n)
+    yy, xx = np.mgrid[0:RES, 0:RES].astype(np.float32)
+    along = np.cos(phi)[:, None, None] * xx + np.sin(phi)[:, None, None] * yy  # (n, H, W)
+    across = -np.sin(phi)[:, None, None] * xx + np.cos(phi)[:, None, None] * yy
+    period = np.array([np.inf, 6.0, 3.0, 5.0])[texture][:, None, None]
+    pattern = np.sin(2 * np.pi * along / period + phase[:, None, None]) > 0
+    checker = texture == 3
+    pattern[checker] ^= np.sin(2 * np.pi * across[checker] / 5.0) > 0
+    pattern[texture == 0] = False
+    fg = colour[:, None, None, :] * np.where(pattern, 0.45, 1.0)[..., None]
+    size = rng.uniform(6, 12, n)
+    cov = _coverage(kind, rng.uniform(9, 23, n), rng.uniform(9, 23, n), size, rng.uniform(0, 2 * np.pi, n),
+                    rng.uniform(1, 1.6, n))
+    img = _paint(img, cov, fg)
+    # a small solid distractor of a random kind on a third of the images, may occlude
+    d = rng.random(n) < 0.33
+    m = int(d.sum())
+    cov = _coverage(rng.integers(0, len(_KINDS), m), rng.uniform(3, 29, m), rng.uniform(3, 29, m),
+                    rng.uniform(2.5, 4.5, m), rng.uniform(0, 2 * np.pi, m), np.ones(m))
+    img[d] = _paint(img[d], cov, rng.uniform(0, 255, (m, 3)))
+    return _to_uint8(img + rng.normal(0, 5, img.shape))
+
+
+def make_upstream(out_dir: str | os.PathLike, seed: int, n_classes: int = 100, n_per_class: int = 100,
+                  n_val_per_class: int = 20) -> Path:
+    """Write the synthetic upstream set (splits ``train``, ``val``) to ``out_dir`` and return it.
+
+    Each of ``n_classes`` classes is a distinct recipe (shape kind x hue x texture x background)
+    drawn without replacement from the 8 * 6 * 4 * 3 = 576 combinations; classes sharing three of
+    four attributes make it fine-grained, so it does not saturate and width helps.
+    """
+    n_recipes = len(_KINDS) * _N_HUES * _N_TEXTURES * _N_BACKGROUNDS
+    if not 2 <= n_classes <= n_recipes or n_per_class < 1 or n_val_per_class < 1:
+        raise ValueError(f"upstream: need 2 <= n_classes <= {n_recipes} and >= 1 image per class, got "
+                         f"n_classes={n_classes}, n_per_class={n_per_class}, n_val_per_class={n_val_per_class}")
+    rng = _rng(seed, "upstream")
+    recipes = np.stack(np.unravel_index(rng.choice(n_recipes, n_classes, replace=False),
+                                        (len(_KINDS), _N_HUES, _N_TEXTURES, _N_BACKGROUNDS)), axis=1)
+    splits = {}
+    for split, per_class in (("train", n_per_class), ("val", n_val_per_class)):
+        labels = _balanced_labels(rng, n_classes * per_class, n_classes)
+        # chunks bound the memory of the supersampled coverage (chunk x 64 x 64 floats)
+        images = np.concatenate([_render_upstream(rng, recipes[labels[i:i + 2000]])
+                                 for i in range(0, len(labels), 2000)])
+        splits[split] = (images, labels)
+    return write_vtab_task(out_dir, splits, n_classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The rich upstream set (config/upstream.yaml's recipe for the shipped anchors)
 
 # Characters with distinct shapes: digits, capitals, and the lowercase letters that are not just
 # smaller capitals (c o s u v w x z) or a bar (l).
@@ -55,7 +141,7 @@ _PHOTO_GRID = 3
 _PATTERNS = (("stripes", 3.0), ("stripes", 5.0), ("stripes", 8.0), ("stripes", 12.0), ("checker", 4.0),
              ("checker", 8.0), ("checker", 12.0), ("dots", 4.0), ("dots", 7.0), ("dots", 11.0),
              ("blobs", 1.5), ("blobs", 3.0), ("blobs", 6.0), ("rings", 5.0))
-_OBJECT_TEXTURES = 4  # plain, stripes 6 px, stripes 3 px, checker (esta.vit.embedded._render_upstream)
+_OBJECT_TEXTURES = 4  # plain, stripes 6 px, stripes 3 px, checker (_render_upstream)
 
 # group -> number of classes, in class-id order
 GROUPS: dict[str, int] = {

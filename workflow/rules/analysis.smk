@@ -32,7 +32,7 @@ rule cost_table:
         ),
         code=code(
             "analysis",
-            "info",
+            "vit/info",
             "vit/tuning",
             "vit/anchors",
             "vit/stitch",

@@ -84,7 +84,7 @@ rule anchors_table:
 
 rule stitch_table:
     input:
-        code=code("vit/anchors", "vit/stitch", "info", "vit/tuning", "vit/metrics"),
+        code=code("vit/anchors", "vit/stitch", "vit/info", "vit/tuning", "vit/metrics"),
     output:
         f"{R}/tables/stitches.csv",
     log:

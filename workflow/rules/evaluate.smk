@@ -104,7 +104,7 @@ rule task_metrics:
             seed=config["seeds"],
         ),
         stitches=f"{R}/tables/stitches.csv",
-        code=code("vit/metrics", "vit/tasks", "info"),
+        code=code("vit/metrics", "vit/tasks", "vit/info"),
     output:
         f"{R}/{{method}}/{{variant}}/{{task}}/metrics.csv",
     log:

@@ -18,11 +18,11 @@ import pandas as pd
 
 from esta import runtime
 from esta.analysis import stored_params
-from esta.info import meta_stitched
+from esta.vit.info import meta_stitched
 from esta.vit.anchors import family_at
 from esta.vit.build import tuning_config
 from esta.vit.data import task_info
-from esta.vit.tuning import count_trainable
+from esta.tunable import count_trainable
 
 log = runtime.start_job(snakemake)
 p = snakemake.params

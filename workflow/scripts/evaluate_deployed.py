@@ -24,7 +24,8 @@ acc = evaluate(model, data, deployed["stitch_id"].tolist(), batch_size=p.batch_s
                num_workers=p.num_workers)
 deployed["test_accuracy"] = deployed["stitch_id"].map(acc)
 prov = runtime.provenance(device)
-deployed = deployed.assign(**{k: prov[k] for k in ("device", "device_name", "dtype", "torch", "timm", "peft")})
+# a library the job did not import (peft in an SN-Net job) is left empty
+deployed = deployed.assign(**{k: prov.get(k) for k in ("device", "device_name", "dtype", "torch", "timm", "peft")})
 # how inputs were normalised and resized is part of the result (config keys data.normalize, data.fgvc_interpolation)
 deployed = deployed.assign(normalize=p.normalize, fgvc_interpolation=p.fgvc_interpolation)
 log.info("test accuracy of deployed stitches: %s", {k: round(v, 4) for k, v in acc.items()})

@@ -5,7 +5,8 @@ from pathlib import Path
 import pandas as pd
 
 from esta import runtime
-from esta.vit.build import tuning_config, anchor_arch, assemble, load_tensors_file
+from esta.vit.build import tuning_config, anchor_arch, assemble
+from esta.tensors import load_tensors_file
 from esta.vit.data import describe_transform, task_info
 from esta.vit.anchors import family_at
 from esta.vit.export import export_stitch

@@ -6,8 +6,8 @@ import pandas as pd
 from esta import runtime
 from esta.analysis import gradient_cosines
 from esta.vit.anchors import family_at
-from esta.vit.build import (assemble, fixed_batch, load_tensors_file, load_trainable, open_task, read_manifest,
-                            tuning_config)
+from esta.vit.build import assemble, fixed_batch, open_task, read_manifest, tuning_config
+from esta.tensors import load_tensors_file, load_trainable
 from esta.vit.data import mode_splits
 from esta.train import pick_device
 
@@ -26,7 +26,7 @@ frames = []
 for step, frac in zip(meta["steps"], meta["fracs"]):
     state = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.split("/", 1)[0] == str(step)}
     load_trainable(model, state, f"{inp.snapshots} (snapshot {step})")
-    cos = gradient_cosines(model, x, y)
+    cos = gradient_cosines(model, (x, y))
     log.info("step %d (%.0f %%): %d pairs, mean cosine %.3f", step, 100 * frac, len(cos), cos["cosine"].mean())
     frames.append(cos.assign(step=step, frac=frac))
 out = pd.concat(frames, ignore_index=True).assign(task=w.task, seed=int(w.seed), variant=w.variant,

@@ -14,7 +14,7 @@ log = runtime.start_job(snakemake)
 w, p, inp, out = snakemake.wildcards, snakemake.params, snakemake.input, snakemake.output
 alone = snakemake.rule == "llm_evaluate_anchor"
 net, _ = stitched(p.folders, p.dtype, stitch_init=None if alone else inp.stitch,
-                  anchors=[int(w.i)] if alone else None)
+                  anchors=[int(w.i)] if alone else None, rule=p.stitch_rule)
 model = assemble(net, p.pst, inp.model).to(pick_device(p.device))
 tokenizer = load_tokenizer(inp.tokenizer)
 test = load_alpaca(inp.test)

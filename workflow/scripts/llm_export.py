@@ -12,7 +12,7 @@ from esta.llm.export import export_stitch
 
 log = runtime.start_job(snakemake)
 w, p, inp, out = snakemake.wildcards, snakemake.params, snakemake.input, snakemake.output
-net, _ = stitched(p.folders, p.dtype, stitch_init=inp.stitch)
+net, _ = stitched(p.folders, p.dtype, stitch_init=inp.stitch, rule=p.stitch_rule)
 model = assemble(net, p.pst, inp.model)
 tokenizer = load_tokenizer(inp.tokenizer)
 deployed = pd.read_csv(inp.deployed)

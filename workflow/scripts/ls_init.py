@@ -4,7 +4,8 @@ on the anchors the method stitches; for three-stage ESTA, the anchors PST adapte
 
 from esta import runtime
 from esta.vit.anchors import build_family, family_at
-from esta.vit.build import assemble, fixed_batch, load_tensors_file, open_task, read_manifest, save_tensors, tuning_config
+from esta.vit.build import assemble, fixed_batch, open_task, read_manifest, tuning_config
+from esta.tensors import load_tensors_file, save_tensors
 from esta.vit.data import mode_splits
 from esta.vit.stages import adapted_anchor_biases, start_from_adapted, stitch_layer_weights
 from esta.vit.stitch import StitchedViT, ls_init

@@ -3,7 +3,7 @@ the basic recipes of esta.vit.embedded or the rich mix of esta.vit.upstream (anc
 
 from esta import runtime
 from esta.vit.build import write_manifest
-from esta.vit.embedded import make_upstream
+from esta.vit.upstream import make_upstream
 from esta.vit.upstream import CLASSES, make_rich_upstream
 
 log = runtime.start_job(snakemake)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from esta import runtime
 from esta.vit.anchors import build_anchor, family, family_at
-from esta.vit.build import save_tensors
+from esta.tensors import save_tensors
 
 log = runtime.start_job(snakemake)
 p, out = snakemake.params, snakemake.output

@@ -25,7 +25,7 @@ if p.refresh:  # only then a model: the plain selection is a table job and start
     data = open_task(manifest, mode_splits(manifest["task"], "tuning")[0], p.img_size, augment=False,
                      normalize=p.normalize, family=p.family, fgvc_interpolation=p.fgvc_interpolation, lazy=True)
     x, y = fixed_batch(data, p.method["train"]["batch_size"], int(snakemake.wildcards.seed))
-    score = refresh_importance(model, x, y)
+    score = refresh_importance(model, (x, y))
     log.info("importance refreshed on a fixed batch of %d training images", len(y))
 deployed = select_deployed(stitches, score, d["intervals"], eligible=stats["visits"].to_numpy() >= d["min_visits"])
 deployed["visits"] = stats.loc[deployed["stitch_id"], "visits"].to_numpy()

@@ -8,7 +8,8 @@ import pandas as pd
 import torch
 
 from esta import runtime
-from esta.vit.build import tuning_config, assemble, data_key, load_tensors_file, open_task, read_manifest, save_tensors
+from esta.vit.build import tuning_config, assemble, data_key, open_task, read_manifest
+from esta.tensors import load_tensors_file, save_tensors
 from esta.analysis import SNAPSHOT_FRACS, snapshot_steps
 from esta.vit.anchors import family_at
 from esta.vit.data import describe_transform, mode_splits
@@ -16,7 +17,7 @@ from esta.pareto import deployment_slots
 from esta.sampling import SamplerConfig, StitchSampler
 from esta.train import TrainConfig, clear_checkpoints, pick_device, train
 from esta.vit.stages import start_from_adapted
-from esta.vit.tuning import count_trainable
+from esta.tunable import count_trainable
 
 log = runtime.start_job(snakemake)
 w, p, inp, out = snakemake.wildcards, snakemake.params, snakemake.input, snakemake.output

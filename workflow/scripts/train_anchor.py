@@ -10,7 +10,8 @@ import torch
 from esta import runtime
 from esta.vit.tuning import TuningConfig, make_tunable
 from esta.vit.anchors import build_anchor, family, family_at
-from esta.vit.build import data_key, open_task, read_manifest, save_tensors, tuning_config
+from esta.vit.build import data_key, open_task, read_manifest, tuning_config
+from esta.tensors import save_tensors
 from esta.vit.data import describe_transform, mode_splits
 from esta.vit.evaluate import evaluate
 from esta.sampling import SamplerConfig, StitchSampler

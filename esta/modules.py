@@ -1,0 +1,64 @@
+"""The ``esta`` modules a workflow job runs, for its ``code`` input (STYLE rule 4: rules list the
+modules they run, so changed code reruns exactly the jobs it affects).
+
+Snakemake does not follow a script's imports, and hand-kept lists go stale as soon as a module
+imports a new one. ``closure`` reads the import statements of the named modules with ``ast``
+(nothing is imported or run) and follows every ``esta`` import, at any depth and inside functions
+too, so a rule names the modules its script calls and gets everything they need.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+__all__ = ["closure"]
+
+ROOT = Path(__file__).resolve().parent  # the esta package
+
+
+def _file(module: str) -> Path | None:
+    """The file of a dotted ``esta`` module or package (``esta.vit.data`` -> its ``__init__.py``)."""
+    parts = module.split(".")[1:]
+    if not parts:
+        return ROOT / "__init__.py"
+    for f in (ROOT.joinpath(*parts[:-1], parts[-1] + ".py"), ROOT.joinpath(*parts, "__init__.py")):
+        if f.is_file():
+            return f
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    """Dotted ``esta`` modules imported by ``path`` (``from esta.x import y`` may name module y)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "esta"}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "esta":
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names if _file(f"{node.module}.{a.name}")}
+    return found
+
+
+def closure(modules: list[str]) -> list[str]:
+    """Paths (relative to the repository, sorted) of the given modules — ``"train"``, ``"vit/stitch"``,
+    or a package folder such as ``"vit/data"`` (every module in it) — and of every ``esta`` module
+    they import, directly or not. An unknown name is an error naming it."""
+    todo = []
+    for m in modules:
+        folder = ROOT / m
+        if folder.is_dir():
+            todo += sorted(folder.glob("*.py"))
+        elif (ROOT / f"{m}.py").is_file():
+            todo.append(ROOT / f"{m}.py")
+        else:
+            raise ValueError(f"esta has no module or package {m!r} (looked for {ROOT / m}.py)")
+    seen: set[Path] = set()
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        todo += [p / "__init__.py" for p in f.parents if p.is_relative_to(ROOT) and (p / "__init__.py").is_file()]
+        todo += [g for g in map(_file, _imports(f)) if g is not None]
+    return sorted(str(Path("esta") / f.relative_to(ROOT)) for f in seen)

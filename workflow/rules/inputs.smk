@@ -1,0 +1,193 @@
+# Input functions of the vision pipeline (data, anchors, ESTA, SN-Net, tables): which files a job
+# reads, by wildcard. Config checks and shared helpers are in rules/common.smk.
+
+
+def ablation_inputs(w):
+    """Per-task metrics of each compared variant; for `selection`, the default ESTA model's
+    importance deployment and its accuracy on the selection and test splits."""
+    if w.name != "selection":
+        return dict(
+            metrics=expand(
+                f"{R}/esta/{{variant}}/{{task}}/metrics.csv",
+                variant=ABL[w.name],
+                task=ABL["tasks"],
+            )
+        )
+    run = f"{R}/esta/default/{{task}}/seed{{seed}}/tuning"
+    kw = dict(task=ABL["tasks"], seed=config["seeds"])
+    return dict(
+        trained=expand(f"{run}/deployed_trained.csv", **kw),
+        refreshed=expand(f"{run}/deployed_refreshed.csv", **kw),
+        selection=expand(f"{run}/stitch_accuracy_selection.csv", **kw),
+        test=expand(f"{run}/stitch_accuracy_test.csv", **kw),
+        stitches=f"{R}/tables/stitches.csv",
+        train=expand(f"{run}/train.json", **kw),
+    )
+
+
+def stat_files(folder, depth=2):
+    """(name, bytes, mtime) of the non-image files under `folder`, up to `depth` levels: a cheap
+    fingerprint of a data set's list files, taken when the DAG is built."""
+    if not os.path.isdir(folder):
+        return f"missing: {folder}"
+    out = []
+    for here, dirs, files in os.walk(folder):
+        rel = os.path.relpath(here, folder)
+        if rel.count(os.sep) + 1 >= depth:
+            dirs.clear()
+        for f in sorted(files):
+            if not f.lower().endswith((".jpg", ".jpeg", ".png")):
+                st = os.stat(os.path.join(here, f))
+                out.append((os.path.join(rel, f), st.st_size, int(st.st_mtime)))
+    return sorted(out)
+
+
+def data_fingerprint(w):
+    """Changed list files of an external task change this param, which reruns register_data."""
+    if config["data_root"] is None:
+        return "data_root unset"
+    from esta.vit.data import (
+        task_info,
+    )  # imported only for external tasks (torch import cost)
+
+    return stat_files(os.path.join(config["data_root"], task_info(w.task).folder))
+
+
+def weights_file(w):
+    files = config["anchors"]["weights"]
+    return None if files is None else files[int(w.i)]
+
+
+def weights_fingerprint(w):
+    """A changed weight file changes this param, which reruns register_weights."""
+    if config["weights_root"] is None or weights_file(w) is None:
+        return "weights unset"
+    path = os.path.join(config["weights_root"], weights_file(w))
+    if not os.path.isfile(path):
+        return f"missing: {path}"
+    st = os.stat(path)
+    return [st.st_size, int(st.st_mtime)]
+
+
+def anchor_files(wildcards):
+    """Pretrained anchors (ESTA, SN-Net adapt) of the configured family."""
+    return expand(f"{R}/anchors/{config['family']}/anchor{{i}}.safetensors", i=ANCHORS)
+
+
+def ls_init_anchors(w):
+    if w.method == "esta":
+        return anchor_files(w)
+    return expand(f"{run_dir(w)}/{w.mode}/adapt/anchor{{i}}.safetensors", i=ANCHORS)
+
+
+def esta_stages(variant):
+    return method_config(variant)["esta"]["stages"]
+
+
+def esta_stitch_init(mode=None):
+    """Input function: ESTA's LS-initialised stitching layers depend only on the pretrained anchors,
+    the task and the seed, so every one-stage ESTA variant uses those of the default variant; a
+    three-stage variant fits its own on its adapted anchors."""
+
+    def inputs(w):
+        m = mode or w.mode
+        v = w.variant if esta_stages(w.variant) == "three" else "default"
+        return f"{R}/esta/{v}/{w.task}/seed{w.seed}/{m}/stitch_init.safetensors"
+
+    return inputs
+
+
+def three_stage_costs():
+    """cost_table's inputs for three-stage ESTA (the stages ablation's three-stage variants, on the
+    ablation tasks): the benchmark of every job of its three steps, and the runs' train.json.
+    """
+    three = [v for v in ABL["stages"] if esta_stages(v) == "three"]
+    B, run = f"{R}/benchmarks", "{variant}/{task}/seed{seed}"
+    modes = sorted({"tuning", eval_mode()})
+    kw = dict(variant=three, task=ABL["tasks"], seed=config["seeds"])
+    bench = expand(
+        f"{B}/esta_adapt_anchor/{run}/{{mode}}/anchor{{i}}.tsv",
+        mode=modes,
+        i=ANCHORS,
+        **kw,
+    )
+    bench += expand(f"{B}/ls_init/esta/{run}/{{mode}}.tsv", mode=modes, **kw)
+    bench += expand(f"{B}/train_esta/{run}/{{mode}}.tsv", mode=modes, **kw)
+    bench += expand(f"{B}/select_esta/{run}.tsv", **kw)
+    # the runs behind the reported accuracy (final mode with retrain_final)
+    info = expand(f"{R}/esta/{run}/{eval_mode()}/train.json", **kw)
+    adapt = expand(
+        f"{R}/esta/{run}/{eval_mode()}/stage1/anchor{{i}}.json", i=ANCHORS, **kw
+    )
+    return dict(three_bench=bench, three_info=info, three_adapt_info=adapt)
+
+
+def adapted_anchor_states(w):
+    """Input function: stage 1 of a three-stage ESTA variant (each anchor adapted alone by PST);
+    nothing for one-stage ESTA and for SN-Net."""
+    if w.get("method", "esta") != "esta" or esta_stages(w.variant) != "three":
+        return []
+    return expand(
+        f"{R}/esta/{w.variant}/{w.task}/seed{w.seed}/{w.mode}/stage1/anchor{{i}}.safetensors",
+        i=ANCHORS,
+    )
+
+
+def trained_model(mode):
+    """Input function: anchors, stitching layers and trained state of the `mode` model."""
+
+    def inputs(w):
+        d = f"{run_dir(w)}/{mode}"
+        if w.method == "esta":
+            anchors = anchor_files(w)
+            stitch = esta_stitch_init(mode)(w)
+        else:
+            anchors = expand(f"{d}/adapt/anchor{{i}}.safetensors", i=ANCHORS)
+            stitch = f"{d}/stitch_init.safetensors"
+        return dict(
+            anchors=anchors,
+            stitch=stitch,
+            model=f"{d}/model.safetensors",
+        )
+
+    return inputs
+
+
+# the model whose test accuracy is reported (final mode when retrain_final)
+model_inputs = trained_model(eval_mode())
+
+
+def benchmark_files(variants=("default",)):
+    """The benchmark file of every heavy job behind the default figures."""
+    B = f"{R}/benchmarks"
+    modes = sorted({"tuning", eval_mode()})
+    run = "{variant}/{task}/seed{seed}"
+    kw = dict(variant=variants, task=config["tasks"], seed=config["seeds"])
+    anchor_step = {
+        "pretrain": "pretrain_anchor",
+        "shipped": "install_shipped_anchor",
+        "files": "register_weights",
+    }[config["anchors"]["source"]]
+    files = expand(f"{B}/{anchor_step}/{config['family']}/anchor{{i}}.tsv", i=ANCHORS)
+    files += expand(f"{B}/register_data/{{task}}.tsv", task=EXTERNAL)
+    files += expand(
+        f"{B}/ls_init/{{method}}/{run}/{{mode}}.tsv", method=METHODS, mode=modes, **kw
+    )
+    files += expand(f"{B}/train_esta/{run}/{{mode}}.tsv", mode=modes, **kw)
+    files += expand(
+        f"{B}/snnet_adapt/{run}/{{mode}}/anchor{{i}}.tsv", mode=modes, i=ANCHORS, **kw
+    )
+    files += expand(f"{B}/snnet_stitch/{run}/{{mode}}.tsv", mode=modes, **kw)
+    files += expand(
+        f"{B}/{{step}}/{run}.tsv", step=["select_esta", "snnet_deploy"], **kw
+    )
+    files += expand(f"{B}/evaluate_stitches/snnet/{run}/selection.tsv", **kw)
+    files += expand(
+        f"{B}/{{step}}/{{method}}/{run}.tsv",
+        step=["evaluate_deployed", "export_deployed"],
+        method=METHODS,
+        **kw,
+    )
+    if config["llm"]["enabled"]:
+        files += llm_benchmark_files()
+    return files

@@ -1,0 +1,77 @@
+# Stitched LLaMA (spec §11): the `llm` slice's globals and input functions, used by
+# rules/llm_anchors.smk and rules/llm_esta.smk.
+LLM = config["llm"]
+L = f"{R}/llm"
+LLM_ANCHORS = list(range(2))  # a pair, small first (spec §11)
+LLM_PRETRAIN = LLM["anchors"]["source"] == "pretrain"
+# shipped: the tiny pair in esta/llm/assets/<family>/ (pretrained by config/upstream.yaml), installed
+# into the folders `pretrain` writes; folders: local HF folders, registered where they are
+LLM_SHIPPED = LLM["anchors"]["source"] == "shipped"
+LLM_FOLDERS = (
+    [f"{L}/anchors/anchor{i}" for i in LLM_ANCHORS]
+    if LLM_PRETRAIN or LLM_SHIPPED
+    else (LLM["anchors"]["folders"] or [None, None])
+)
+LLM_VARIANTS = ["default"] + (["no_biases"] if LLM["ablate_biases"] else [])
+LLM_CODE = code(
+    "llm/anchors",
+    "llm/stitch",
+    "llm/tuning",
+    "llm/data",
+    "llm/build",
+    "stitches",
+    "lstsq",
+    "tensors",
+    "tunable",
+)
+if LLM["enabled"] and LLM["rule"] == "paired":
+    # refused before any job: SN-Net's paired rule needs anchors of equal depth (esta.stitches)
+    from esta.llm.anchors import check_rule
+
+    check_rule(
+        LLM["family"],
+        LLM["rule"],
+        LLM_FOLDERS if LLM["anchors"]["source"] == "folders" else None,
+    )
+LLM_SPLITS = ["pretrain_train", "pretrain_test", "train", "test"]
+
+
+def llm_pst(w):
+    """PST settings of an LLM variant: `no_biases` is shared LoRA without stitch biases."""
+    return dict(
+        LLM["pst"],
+        stitch_biases=LLM["pst"]["stitch_biases"] and w.get("variant") != "no_biases",
+    )
+
+
+def llm_anchor_info():
+    return expand(f"{L}/anchors/anchor{{i}}.json", i=LLM_ANCHORS)
+
+
+def llm_targets():
+    """What `rule all` builds when llm.enabled (the figure needs every other LLM result)."""
+    out = [f"{R}/tables/llm_pareto.csv", f"{R}/tables/llm_stitches.csv"]
+    return out + expand(f"{R}/figures/llm_pareto.{{ext}}", ext=["pdf", "png"])
+
+
+def llm_benchmark_files():
+    """The benchmark file of every heavy LLM job, for merge_benchmarks."""
+    B = f"{R}/benchmarks"
+    step = {
+        "pretrain": "llm_pretrain_anchor",
+        "shipped": "llm_install_anchor",
+        "folders": "llm_register_anchor",
+    }[LLM["anchors"]["source"]]
+    files = expand(f"{B}/{step}/anchor{{i}}.tsv", i=LLM_ANCHORS) + [
+        f"{B}/llm_ls_init.tsv"
+    ]
+    kw = dict(variant=LLM_VARIANTS, seed=config["seeds"])
+    for step in ("llm_train_esta", "llm_evaluate", "llm_export"):
+        files += expand(f"{B}/{step}/{{variant}}/seed{{seed}}.tsv", **kw)
+    for step in ("llm_adapt_anchor", "llm_evaluate_anchor"):
+        files += expand(
+            f"{B}/{step}/seed{{seed}}/anchor{{i}}.tsv",
+            seed=config["seeds"],
+            i=LLM_ANCHORS,
+        )
+    return files
