@@ -57,6 +57,23 @@ from esta.vit.stitch import StitchedViT
 from esta.vit.tuning import TunableViT, TuningConfig, make_tunable
 
 
+def optimizer_step(model, opt, loss: torch.Tensor, stitch: int) -> None:
+    """The rest of a step of ``esta.train.train`` after the forward: zero_grad, backward, the
+    stitch's SNIP importance, AdamW."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    snip_importance(model.importance_params(stitch))
+    opt.step()
+
+
+def fill_adamw_state(model, opt) -> None:
+    """Give every trainable parameter AdamW state, as once every stitch has been sampled."""
+    for p in model.trainable().values():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 @dataclass
 class Trainer:
     """One method's model, AdamW and the fixed batch of the benchmark step."""
@@ -74,18 +91,11 @@ class Trainer:
 
     def step(self) -> None:
         """One step of ``esta.train.train``: forward, zero_grad, backward, importance, AdamW."""
-        loss = self.loss()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        snip_importance(self.model.importance_params(STITCH))
-        self.opt.step()
+        optimizer_step(self.model, self.opt, self.loss(), STITCH)
 
     def fill_state(self) -> None:
         """Give every trainable parameter AdamW state, as once every stitch has been sampled."""
-        for p in self.model.trainable().values():
-            p.grad = torch.zeros_like(p)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        fill_adamw_state(self.model, self.opt)
 
     def with_batch(self, batch: int) -> Trainer:
         """The same model and optimizer on a batch of another size."""

@@ -36,12 +36,17 @@ BENCHMARKS = [
 CHECKS = ["anchor_ids_equal_timm", "stitch_equals_parts", "prefix_predictions_equal"]
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_run", SCRIPT)
+def load_module(path: Path, name: str):
+    """A benchmark script imported as module ``name`` (bench/ is not a package on sys.path)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def load_bench():
+    return load_module(SCRIPT, "bench_run")
 
 
 def test_check_same_raises_on_mismatch():
