@@ -40,6 +40,8 @@ class AnchorCost:
     head_params: int
     tokens: int
     width: int
+    # parameters the head shares with the stem (tied embeddings): counted once on a path through both
+    tied_params: int = 0
 
     @property
     def depth(self) -> int:
@@ -67,7 +69,7 @@ def stitch_costs(costs: list[AnchorCost], names: list[str], unit: str, rule: str
             link_macs, link_params = f.tokens * f.width * e.width, f.width * e.width + e.width
         body = (f.stem_macs + sum(c.block_macs[i] for c, r in parts for i in r) + link_macs + e.norm_macs)
         params = (f.stem_params + sum(c.block_params[i] for c, r in parts for i in r) + link_params
-                  + e.norm_params + e.head_params)
+                  + e.norm_params + e.head_params - (f.tied_params if s.is_anchor else 0))
         if s.is_anchor:
             label = names[s.front]
         else:

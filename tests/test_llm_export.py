@@ -59,7 +59,7 @@ def test_only_the_stitch_path_is_stored(trained):
     model, _ = trained
     net = model.net
     s = net.stitch(3)  # front layers 0..1 -> stitching layer 1 -> end layers 3..5
-    stored = path_state_dict(model, 3)
+    stored, _ = path_state_dict(model, 3)
     modules = {k.rsplit(".", 1)[0] for k in stored}
     assert "anchors.0.model.embed_tokens" in modules and "anchors.1.model.embed_tokens" not in modules
     assert "anchors.1.lm_head" in modules and "anchors.0.lm_head" not in modules

@@ -21,7 +21,8 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTraine
 
 from esta.stitches import enumerate_stitches
 
-__all__ = ["LlamaSpec", "FAMILIES", "family", "build_family", "load_anchors", "check_same_vocab", "check_rule"]
+__all__ = ["LlamaSpec", "FAMILIES", "family", "build_family", "load_anchors", "check_same_vocab", "check_rule",
+           "check_folders"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,24 @@ def check_rule(family_name: str, rule: str, folders: list[str | Path] | None = N
         enumerate_stitches([c["num_hidden_layers"] for c in shapes], [c["hidden_size"] for c in shapes], rule)
     except ValueError as err:
         raise ValueError(f"config llm.rule = {rule!r} does not fit the {where}: {err}") from None
+
+
+def check_folders(folders: list[str | Path]) -> None:
+    """Refuse, before any job, anchor folders whose ``config.json`` say they cannot be stitched: a
+    different ``vocab_size`` (no shared token space) or widths not ordered small to large. Folders
+    without a ``config.json`` are left to the job that loads them (its error names the layout)."""
+    configs = [Path(f) / "config.json" for f in folders]
+    if not all(c.is_file() for c in configs):
+        return
+    shapes = [json.loads(c.read_text()) for c in configs]
+    vocab = [c.get("vocab_size") for c in shapes]
+    if len(set(vocab)) != 1:
+        raise ValueError(f"config llm.anchors.folders: anchors {[str(f) for f in folders]} have different "
+                         f"vocabularies (vocab_size {vocab}); stitching needs one token space")
+    widths = [c.get("hidden_size") for c in shapes]
+    if widths != sorted(widths):
+        raise ValueError(f"config llm.anchors.folders: anchors must be ordered small to large; widths of "
+                         f"{[str(f) for f in folders]} are {widths}")
 
 
 def _tokenizer_files(folder: Path) -> bool:

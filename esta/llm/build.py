@@ -119,11 +119,13 @@ def cost_table(folders: list[str | Path], names: list[str] | None = None, seq_le
     return stitch_costs(models, names, rule=rule, seq_len=seq_len)
 
 
-def evaluate(model, tokenizer, stitch_ids: list[int], test: list[dict], tok_cfg: dict, eval_cfg: dict) -> pd.DataFrame:
+def evaluate(model, tokenizer, stitch_ids: list[int], test: list[dict], tok_cfg: dict, eval_cfg: dict,
+             mc_items: list[dict] | None = None) -> pd.DataFrame:
     """``esta.llm.evaluate.stitch_metrics`` of held-out records: NLL/ppl over all of them, greedy
-    exact match over the first ``llm.eval.n_em`` (none for 0)."""
+    exact match over the first ``llm.eval.n_em`` (none for 0), log-likelihood multiple-choice
+    accuracy ``mc_acc`` over ``mc_items`` (``esta.llm.tasks.choice_items``) when given."""
     heldout, _ = encode(test, tokenizer, tok_cfg, "held-out records")
     model.eval()
     em = test[: eval_cfg["n_em"]] or None  # n_em 0: NLL only
-    return stitch_metrics(model, tokenizer, stitch_ids, heldout=heldout, em_records=em,
+    return stitch_metrics(model, tokenizer, stitch_ids, heldout=heldout, em_records=em, mc_items=mc_items,
                           max_new_tokens=eval_cfg["max_new_tokens"], batch_size=eval_cfg["batch_size"])

@@ -6,7 +6,8 @@ MACs are multiply-accumulates per token of a ``seq_len``-token sequence at batch
 and summed per stitch by the method core (``esta.costs``; ``macs_unit`` says "token"); attention's
 QK^T and AV matmuls are counted over the full T x T as the counter sees them. Parameters of a stitch
 are everything on its path: the front embeddings, the layers run, the stitching layer (weight and
-bias), the end norm and the end ``lm_head`` (untied).
+bias), the end norm and the end ``lm_head``; with tied embeddings an anchor's own stitch counts the
+one tensor once (a stitch across anchors uses the front's embeddings and the end's head: two).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def llama_costs(lm: nn.Module, seq_len: int = SEQ_LEN) -> costs.AnchorCost:
         head_params=_numel(lm.lm_head),
         tokens=1,  # per token: the stitching layer maps one row
         width=d,
+        tied_params=lm.lm_head.weight.numel() if lm.lm_head.weight is model.embed_tokens.weight else 0,
     )
 
 

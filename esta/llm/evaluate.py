@@ -147,10 +147,11 @@ def multiple_choice(model, tokenizer, items: list[dict], stitch_id: int, delimit
 def greedy_answers(model, tokenizer, texts: list[str], stitch_id: int, max_new_tokens: int = 32,
                    batch_size: int = 16) -> list[str]:
     """Greedy continuations of ``texts`` (tokenised with the tokenizer's special tokens, i.e. bos),
-    decoded up to the first eos."""
+    decoded up to the first stop id (the tokenizer's eos or any eos id of the generation config)."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("greedy_answers: the tokenizer has no eos token to stop at")
+    stops = set(model.stop_ids(stitch_id, eos))
     pad = eos if tokenizer.pad_token_id is None else tokenizer.pad_token_id  # masked out: any id does
     device = next(model.parameters()).device
     out = []
@@ -159,8 +160,8 @@ def greedy_answers(model, tokenizer, texts: list[str], stitch_id: int, max_new_t
         ids, mask = left_pad(rows, pad)
         seq = model.generate(ids.to(device), mask.to(device), stitch_id, max_new_tokens, eos_token_id=eos)
         for new in seq[:, ids.shape[1]:].tolist():
-            new = new[: new.index(eos)] if eos in new else new
-            out.append(tokenizer.decode(new, skip_special_tokens=True))
+            end = next((n for n, t in enumerate(new) if t in stops), len(new))
+            out.append(tokenizer.decode(new[:end], skip_special_tokens=True))
     return out
 
 

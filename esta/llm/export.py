@@ -14,6 +14,12 @@ folder:
   (front, end, j, k, layer), which linears carry baked biases, and the library versions that wrote it;
 - the tokenizer files (``save_pretrained``), when a tokenizer is given.
 
+Precision policy (spec §11): the merge ``W + ΔW`` and the baked biases are computed in fp32 and the
+folder is written in the anchors' dtype (bf16 at paper scale). A tensor the path reaches under two
+names (``lm_head`` tied to ``embed_tokens`` in an anchor's own stitch) is stored once and tied again on
+load (``tied`` in the config); the end anchor's eos ids are recorded, so generation stops where the
+trained model's does.
+
 ``load_stitch(folder)`` rebuilds the stitched architecture on the meta device, keeps only the path,
 loads the tensors with ``safetensors`` (no pickle), and returns a ``DeployedStitch`` whose forward and
 ``.generate`` are ``StitchedLlama``'s own on that one stitch.
@@ -51,25 +57,37 @@ def _split(model) -> tuple[StitchedLlama, Callable[[int], dict[str, nn.Parameter
 
 
 @torch.no_grad()
-def path_state_dict(model, stitch_id: int) -> dict[str, torch.Tensor]:
+def path_state_dict(model, stitch_id: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The deployable tensors of one stitch under plain ``StitchedLlama`` names: path parameters only,
-    LoRA merged (``W + ΔW`` computed afresh, the shared ``W`` untouched), stitch biases baked in as
-    ``<linear>.bias``. ``model`` is a ``StitchedLlama`` or a ``TunableLlama``."""
+    LoRA merged (``W + ΔW`` computed afresh in fp32, the shared ``W`` untouched), stitch biases baked
+    in as ``<linear>.bias``, everything in the anchors' dtype (precision policy, spec §11). ``model``
+    is a ``StitchedLlama`` or a ``TunableLlama``.
+
+    Returns ``(tensors, tied)``: a tensor the path reaches under two names (``lm_head.weight`` tied
+    to ``embed_tokens.weight`` in an anchor's own stitch) is stored once, and ``tied`` maps the
+    other name to the stored one."""
     net, biases_for = _split(model)
-    out = {}
-    for name, p in net.named_parameters():
+    dtype = net.anchors[net.stitch(stitch_id).end].model.norm.weight.dtype
+    out, seen, tied = {}, {}, {}
+    # remove_duplicate=False: a tied lm_head is listed under its own name too, so it is on the path
+    for name, p in net.named_parameters(remove_duplicate=False):
         if net.on_path(name, stitch_id) and "lora_" not in name:
-            out[name.replace(".base_layer.", ".")] = p.detach()
+            key = name.replace(".base_layer.", ".")
+            if id(p) in seen:
+                tied[key] = seen[id(p)]
+                continue
+            seen[id(p)] = key
+            out[key] = p.detach().float()
     for name, m in net.named_modules():
         if isinstance(m, LoraLayer) and net.on_path(name + ".", stitch_id):
             if m.merged:
                 raise ValueError(f"{name}: LoRA is already merged into the shared weight; export merges itself")
             key = f"{name}.weight"
-            out[key] = out[key] + sum(m.get_delta_weight(a) for a in m.active_adapters if a in m.lora_A)
+            out[key] = out[key] + sum(m.get_delta_weight(a).float() for a in m.active_adapters if a in m.lora_A)
     if biases_for is not None:
         for name, b in biases_for(stitch_id).items():
-            out[name.replace(".base_layer.", ".")] = b.detach()
-    return {k: v.contiguous() for k, v in out.items()}
+            out[name.replace(".base_layer.", ".")] = b.detach().float()
+    return {k: v.to(dtype).contiguous() for k, v in out.items()}, tied
 
 
 def export_stitch(model, stitch_id: int, folder: str | Path, tokenizer=None, extra: dict | None = None) -> Path:
@@ -78,11 +96,12 @@ def export_stitch(model, stitch_id: int, folder: str | Path, tokenizer=None, ext
     (e.g. the training settings, seed and importance of the stitch)."""
     net, _ = _split(model)
     s = net.stitch(stitch_id)
-    tensors = path_state_dict(model, stitch_id)
+    tensors, tied = path_state_dict(model, stitch_id)
     biased = sorted(k[: -len(".bias")] for k in tensors if k.endswith(".bias") and "stitch_layers" not in k)
     config = dict(
         format=FORMAT, stitch_id=stitch_id, rule=net.rule, front=s.front, end=s.end, j=s.j, k=s.k, layer=s.layer,
-        depth=s.depth, anchors=[a.config.to_dict() for a in net.anchors], biased_linears=biased,
+        depth=s.depth, anchors=[a.config.to_dict() for a in net.anchors], biased_linears=biased, tied=tied,
+        eos_token_ids=net.stop_ids(stitch_id),
         params=sum(t.numel() for t in tensors.values()), dtype=str(next(iter(tensors.values())).dtype),
         versions=dict(torch=torch.__version__, transformers=transformers.__version__), extra=extra or {},
     )
@@ -133,6 +152,10 @@ class DeployedStitch(nn.Module):
                  max_new_tokens: int = 32, **kw) -> torch.Tensor:
         return self.net.generate(input_ids, attention_mask, self.stitch_id, max_new_tokens, **kw)
 
+    def stop_ids(self, stitch_id: int, eos_token_id: int | list[int] | None = None) -> list[int]:
+        """Ids that end generation (``StitchedLlama.stop_ids``; the exported generation config's)."""
+        return self.net.stop_ids(stitch_id, eos_token_id)
+
 
 def load_stitch(folder: str | Path, device: torch.device | str = "cpu"):
     """Load an exported stitch: ``(DeployedStitch, tokenizer or None)``. Errors name the folder and
@@ -159,11 +182,16 @@ def load_stitch(folder: str | Path, device: torch.device | str = "cpu"):
     for name in config["biased_linears"]:  # LLaMA linears built without bias get the baked one
         net.get_submodule(name).bias = nn.Parameter(tensors[f"{name}.bias"])
     missing, unexpected = net.load_state_dict(tensors, strict=False, assign=True)
+    for name, source in config["tied"].items():  # one tensor under two names (tied embeddings)
+        module, _, attr = name.rpartition(".")
+        setattr(net.get_submodule(module), attr, net.get_parameter(source))
+    missing = [k for k in missing if k not in config["tied"]]
     if missing or unexpected:
         raise ValueError(f"{folder / WEIGHTS} does not fit the stitch described by {CONFIG}: "
                          f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
     for lm, c in zip(net.anchors, configs):  # non-persistent rotary buffers are computed, not stored
         lm.model.rotary_emb = LlamaRotaryEmbedding(c).to(device)
+    net.anchors[s.end].generation_config.eos_token_id = config["eos_token_ids"]
     meta = [n for n, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
     if meta:
         raise RuntimeError(f"load_stitch({folder}): tensors left unloaded: {meta[:5]}")

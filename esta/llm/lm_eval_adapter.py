@@ -13,17 +13,26 @@ stitch, without a registry:
 include_defaults=False)`` skips indexing lm-eval's built-in tasks, ~40 s on 2 cores). Token-level scoring is
 ``esta.llm.evaluate.continuation_logprobs``, the same code as the package's own multiple-choice
 scorer. lm-eval is imported only here, so the rest of ``esta`` does not pay for its import.
+
+``write_choice_task`` writes the multiple-choice items of ``esta.llm.tasks.choice_items`` as such a
+local task (JSON lines + YAML), and ``score_stitches`` runs ``simple_evaluate`` on exported stitches:
+the workflow's ``llm_lm_eval`` rule (config ``llm.lm_eval``).
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
 from lm_eval import utils
 from lm_eval.api.model import TemplateLM
 
 from esta.llm.evaluate import continuation_logprobs, left_pad
 from esta.llm.export import DeployedStitch
 
-__all__ = ["StitchLM"]
+__all__ = ["StitchLM", "write_choice_task", "score_stitches"]
 
 
 class StitchLM(TemplateLM):
@@ -103,10 +112,55 @@ class StitchLM(TemplateLM):
             device = next(self.model.parameters()).device
             seq = self.model.generate(ids.to(device), mask.to(device), self.stitch_id, max_new,
                                       eos_token_id=self.eot_token_id)[0, ids.shape[1]:].tolist()
-            seq = seq[: seq.index(self.eot_token_id)] if self.eot_token_id in seq else seq
+            stops = set(self.model.stop_ids(self.stitch_id, self.eot_token_id))  # every eos id ends it
+            seq = seq[: next((n for n, t in enumerate(seq) if t in stops), len(seq))]
             text = self.tok_decode(seq)
             for stop in until:
                 if stop:
                     text = text.split(stop)[0]
             out.append(text)
         return out
+
+
+def write_choice_task(items: list[dict], folder: str | Path, name: str) -> Path:
+    """An lm-eval task ``name`` over multiple-choice ``items`` (``context``, ``choices``, ``label``) in
+    ``folder``: ``<name>.jsonl`` and ``<name>.yaml`` (``output_type: multiple_choice``, acc). The
+    delimiter is empty, as in ``esta.llm.evaluate.multiple_choice`` for Alpaca prompts, whose
+    responses follow "### Response:" directly."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(dict(query=it["context"], choices=it["choices"], gold=it["label"])) + "\n"
+                            for it in items))
+    (folder / f"{name}.yaml").write_text(
+        f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data.resolve()}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: query\ndoc_to_choice: choices\n"
+        'doc_to_target: gold\ntarget_delimiter: ""\nmetric_list:\n  - metric: acc\n')
+    return folder
+
+
+def score_stitches(stitches: dict[str, tuple], tasks: list[str], include_path: str | Path,
+                   limit: int | None = None, batch_size: int = 16) -> pd.DataFrame:
+    """lm-eval scores of each ``(model, tokenizer)`` in ``stitches`` (by label, e.g. exported stitches
+    from ``esta.llm.export.load_stitch``) on ``tasks`` found under ``include_path`` (local files only;
+    lm-eval's built-in task index is not read). One row per (label, task, metric)."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    os.environ["HF_DATASETS_OFFLINE"] = "1"  # nothing is downloaded
+    manager = TaskManager(include_path=str(include_path), include_defaults=False)
+    missing = [t for t in tasks if t not in manager.all_tasks]
+    if missing:
+        raise ValueError(f"llm.lm_eval.tasks {missing} are not tasks under {include_path} "
+                         f"(found {sorted(manager.all_tasks)[:8]})")
+    rows = []
+    for label, (model, tokenizer) in stitches.items():
+        out = lm_eval.simple_evaluate(model=StitchLM(model, tokenizer, batch_size=batch_size), tasks=list(tasks),
+                                      limit=limit, bootstrap_iters=0, task_manager=manager)
+        for task, metrics in out["results"].items():
+            for key, value in metrics.items():
+                metric, _, _filter = key.partition(",")
+                scored = isinstance(value, int | float) and metric not in ("alias", "sample_len")
+                if scored and not metric.endswith("_stderr"):
+                    rows.append(dict(label=label, task=task, metric=metric, value=float(value)))
+    return pd.DataFrame(rows, columns=["label", "task", "metric", "value"])

@@ -7,6 +7,12 @@ table is the method core's (``esta.stitches``): the depth-preserving rule ``k = 
 by default (32 -> 40 layers: 31 stitches, one stitching layer each), SN-Net's paired window rule
 (shared stitching layers) for anchors of equal depth with ``llm.rule: paired``.
 
+Precision policy (spec §11): the frozen anchors stay in the configured dtype (bf16 at paper scale);
+every trainable or fitted tensor -- the stitching layers here, LoRA and stitch biases in
+``esta.llm.tuning`` -- is fp32, the master weight. The forward runs in the anchors' dtype and casts
+explicitly where the two meet (into and out of the stitching layer; a stitch bias is cast to the
+linear it joins), so training, evaluation, generation and export work with or without autocast.
+
 The forward goes through the HF modules themselves (transformers 5.x): each anchor applies its own
 rotary embedding and its own causal mask from ``create_causal_mask`` (which also masks padding),
 left padding gets ``position_ids = cumsum(mask) - 1``, and generation keeps one KV cache per anchor
@@ -53,7 +59,9 @@ class StitchedLlama(nn.Module):
         self.stitch_layers = nn.ModuleList()
         for p in range(len(anchors) - 1):
             n_layers = 1 + max((s.layer for s in self.table if s.front == p and not s.is_anchor), default=-1)
-            self.stitch_layers.append(nn.ModuleList(nn.Linear(widths[p], widths[p + 1]) for _ in range(n_layers)))
+            # trainable or LS-fitted: fp32 master weights whatever the anchors' dtype (precision policy)
+            self.stitch_layers.append(nn.ModuleList(nn.Linear(widths[p], widths[p + 1], dtype=torch.float32)
+                                                    for _ in range(n_layers)))
 
     num_stitches = property(lambda self: len(self.table))
 
@@ -125,20 +133,36 @@ class StitchedLlama(nn.Module):
             if n == 1:  # crossing from the front to the end anchor
                 prefix = f"stitch_layers.{s.front}.{s.layer}."
                 mine = {k[len(prefix):]: t for k, t in overrides.items() if k.startswith(prefix)}
-                h = functional_call(self.stitch_layers[s.front][s.layer], mine, (h,))
+                layer = self.stitch_layers[s.front][s.layer]
+                # explicit casts: into the layer's own dtype (fp32 while training) and back into the
+                # end anchor's, so a bf16 pair runs without autocast too
+                h = functional_call(layer, mine, (h.to(self_or_base(layer).weight.dtype),))
+                h = h.to(self.anchors[s.end].model.norm.weight.dtype)
             h = self._decode(anchor, layers, h, attention_mask, position_ids, caches, overrides)
         end = self.anchors[s.end]
         return end.lm_head(end.model.norm(h))
 
+    def stop_ids(self, stitch_id: int, eos_token_id: int | list[int] | None = None) -> list[int]:
+        """Ids that end generation of a stitch: ``eos_token_id`` (int or list) and every eos id of the
+        end anchor's generation config (LLaMA-3-Instruct ends on either of two)."""
+        ids = set()
+        for given in (eos_token_id, self.anchors[self.stitch(stitch_id).end].generation_config.eos_token_id):
+            if given is not None:
+                ids |= set(given) if isinstance(given, list | tuple) else {int(given)}
+        return sorted(ids)
+
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, stitch_id: int,
-                 max_new_tokens: int, use_cache: bool = True, eos_token_id: int | None = None,
+                 max_new_tokens: int, use_cache: bool = True, eos_token_id: int | list[int] | None = None,
                  pad_token_id: int | None = None, overrides: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Greedy decoding from left-padded prompts; returns (B, T + new) like HF's ``generate``.
-        Rows that emitted ``eos_token_id`` continue with ``pad_token_id`` (default: eos)."""
+        A row stops at any id of ``stop_ids(stitch_id, eos_token_id)`` and continues with
+        ``pad_token_id`` (default: the first stop id)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        pad = eos_token_id if pad_token_id is None else pad_token_id
+        stops = self.stop_ids(stitch_id, eos_token_id)
+        stop = torch.tensor(stops, dtype=torch.long, device=input_ids.device)
+        pad = (stops[0] if stops else 0) if pad_token_id is None else pad_token_id
         caches = self.new_caches() if use_cache else None
         seq, mask = input_ids, attention_mask
         done = torch.zeros(seq.shape[0], dtype=torch.bool, device=seq.device)
@@ -147,13 +171,13 @@ class StitchedLlama(nn.Module):
             pos = positions_from_mask(mask)[:, -step_ids.shape[1]:]
             logits = self(step_ids, mask, stitch_id, position_ids=pos, caches=caches, overrides=overrides)
             nxt = logits[:, -1].argmax(-1)
-            if eos_token_id is not None:
+            if stops:
                 nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-                done |= nxt == eos_token_id
+                done |= torch.isin(nxt, stop)
             seq = torch.cat([seq, nxt[:, None]], dim=1)
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             step_ids = nxt[:, None] if use_cache else seq
-            if eos_token_id is not None and done.all():
+            if stops and done.all():
                 break
         return seq
 

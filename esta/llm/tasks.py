@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerFast
 
 from esta.llm.data import PROMPT_NO_INPUT, PROMPT_WITH_INPUT, prompt
 
-__all__ = ["TASKS", "TASKS_A", "TASKS_B", "make_records", "write_alpaca", "train_tokenizer"]
+__all__ = ["TASKS", "TASKS_A", "TASKS_B", "make_records", "choice_items", "write_alpaca", "train_tokenizer"]
 
 
 def _add_one(d: str) -> str:
@@ -67,6 +67,31 @@ def make_records(tasks: tuple[str, ...], n: int, seed: int, min_digits: int = 3,
             rec = dict(instruction=f"{instruction} {digits}", input="", output=answer(digits))
         out.append(dict(rec, task=task))
     return out
+
+
+def choice_items(records: list[dict], n_choices: int, seed: int) -> list[dict]:
+    """Log-likelihood multiple-choice items over Alpaca ``records`` (spec §11 "Metrics", the Open LLM
+    Leaderboard's scoring rule): the context is the record's prompt, the choices its reference output
+    and ``n_choices - 1`` distinct outputs of other records (of the same procedural ``task`` first, so
+    a distractor has the right form; of any task when those run out), in a seeded order; ``label``
+    is the reference's index. Too few distinct other outputs is an error naming the record."""
+    if n_choices < 2:
+        raise ValueError(f"multiple choice needs at least 2 choices, got {n_choices}")
+    rng = random.Random(seed)
+    items = []
+    for i, rec in enumerate(records):
+        same = sorted({r["output"] for r in records if r.get("task") == rec.get("task")} - {rec["output"]})
+        rest = sorted({r["output"] for r in records} - {rec["output"]} - set(same))
+        if len(same) + len(rest) < n_choices - 1:
+            raise ValueError(f"record {i}: only {len(same) + len(rest)} other outputs to draw "
+                             f"{n_choices - 1} distractors from")
+        wanted = n_choices - 1
+        picked = rng.sample(same, min(wanted, len(same)))
+        choices = picked + rng.sample(rest, wanted - len(picked)) + [rec["output"]]
+        rng.shuffle(choices)
+        items.append(dict(context=prompt(rec), choices=choices, label=choices.index(rec["output"]),
+                          **({"task": rec["task"]} if "task" in rec else {})))
+    return items
 
 
 def write_alpaca(records: list[dict], path: str | Path) -> None:

@@ -6,10 +6,17 @@ Everything of the anchors and the LS-initialised stitching layers is frozen exce
   attention projections of every decoder layer (default ``q_proj``, ``v_proj``) and on every
   stitching layer: all stitches through a module use its LoRA;
 - *stitch-specific biases*: LLaMA's linears have none, so each stitch owns new **zero-initialised**
-  vectors added to the outputs of the LoRA-wrapped linears on its path, and its own copy of its
-  stitching layer's (LS-initialised) bias. A fresh model therefore computes exactly the
-  LS-initialised stitched function.
+  vectors added to the outputs of the LoRA-wrapped linears on its path, and its own copy of every
+  bias that exists (its stitching layer's LS-initialised one; ``attention_bias`` / ``mlp_bias``
+  variants' pretrained ones). A fresh model therefore computes exactly the LS-initialised stitched
+  function.
 Embeddings, norms and ``lm_head`` stay frozen.
+
+Precision policy (spec §11): every trainable tensor (LoRA A/B, stitch biases) is fp32 whatever the
+anchors' dtype -- AdamW then updates fp32 master weights, and small updates are not lost to bf16
+rounding. peft casts the input of a LoRA to its fp32 weights and the sum back to the base output's
+dtype; a stitch bias is cast to the dtype of the linear it joins (a differentiable cast, so its
+gradient reaches the fp32 master).
 
 The biases are separate parameters (one ``ParameterList`` per stitch, names kept beside it), so a
 stitch not sampled in a step gets ``grad=None`` and AdamW leaves it alone. They reach the forward as
@@ -90,7 +97,11 @@ class TunableLlama(nn.Module):
         self.cfg, self.net = cfg, net
         self.rank, self.world = 0, 1  # one replica of a data-parallel run: see esta.llm.distributed
         wrapped = inject_shared_lora(net, cfg)
+        for n, p in net.named_parameters():  # peft makes LoRA in the base layer's dtype: fp32 masters instead
+            if "lora_" in n:
+                p.data = p.data.float()
         self.biases = nn.ModuleList()
+        self._joins: dict[str, torch.dtype] = {}  # stitch-bias name -> dtype of the linear it joins
         self._bias_names: list[list[str]] = []  # _bias_names[s][i] names what biases[s][i] stands in for
         self._theta: dict[int, list[nn.Parameter]] = {}
         for s in net.table:
@@ -100,11 +111,14 @@ class TunableLlama(nn.Module):
                     if not net.on_path(n + ".", s.stitch_id):
                         continue
                     base = self_or_base(m)
-                    names.append(f"{n}.base_layer.bias")
+                    name = f"{n}.base_layer.bias"
+                    names.append(name)
+                    self._joins[name] = base.weight.dtype
                     if base.bias is None:  # a LLaMA linear: a new, zero vector
-                        params.append(nn.Parameter(base.weight.new_zeros(base.out_features)))
-                    else:  # the stitching layer: this stitch's own copy of the LS bias
-                        params.append(nn.Parameter(base.bias.detach().clone()))
+                        params.append(nn.Parameter(torch.zeros(base.out_features, dtype=torch.float32,
+                                                               device=base.weight.device)))
+                    else:  # the stitching layer (LS bias) or a biased linear: this stitch's own copy
+                        params.append(nn.Parameter(base.bias.detach().float().clone()))
             self._bias_names.append(names)
             self.biases.append(nn.ParameterList(params))
 
@@ -121,13 +135,21 @@ class TunableLlama(nn.Module):
         self.net.stitch(stitch_id)  # range check
         return dict(zip(self._bias_names[stitch_id], self.biases[stitch_id]))
 
+    def overrides(self, stitch_id: int) -> dict[str, torch.Tensor]:
+        """The stitch's biases as the forward uses them: each cast to the dtype of its linear."""
+        return {n: b.to(self._joins[n]) for n, b in self.biases_for(stitch_id).items()}
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, stitch_id: int,
                 **kw) -> torch.Tensor:
-        return self.net(input_ids, attention_mask, stitch_id, overrides=self.biases_for(stitch_id), **kw)
+        return self.net(input_ids, attention_mask, stitch_id, overrides=self.overrides(stitch_id), **kw)
+
+    def stop_ids(self, stitch_id: int, eos_token_id: int | list[int] | None = None) -> list[int]:
+        """Ids that end generation (``StitchedLlama.stop_ids``)."""
+        return self.net.stop_ids(stitch_id, eos_token_id)
 
     def generate(self, input_ids, attention_mask, stitch_id: int, max_new_tokens: int, **kw) -> torch.Tensor:
         return self.net.generate(input_ids, attention_mask, stitch_id, max_new_tokens,
-                                 overrides=self.biases_for(stitch_id), **kw)
+                                 overrides=self.overrides(stitch_id), **kw)
 
     def loss(self, batch: tuple[torch.Tensor, ...], stitch_id: int) -> torch.Tensor:
         """Next-token cross-entropy of a batch ``(input_ids, attention_mask, labels)``: logits at t

@@ -21,6 +21,7 @@ rule llm_prepare:
         # shipped anchors bring their tokenizer
     output:
         **{s: f"{L}/data/{s}.json" for s in LLM_SPLITS},
+        mc=f"{L}/data/mc.json",
         tokenizer=directory(f"{L}/data/tokenizer"),
         info=f"{L}/data/data.json",
     log:
@@ -34,6 +35,7 @@ rule llm_prepare:
         tokenizer=LLM["tokenizer"],
         anchors=LLM["anchors"],
         alpaca_json=LLM["alpaca_json"],
+        mc={k: LLM["eval"][k] for k in ("n_mc", "mc_choices")},
     script:
         "../scripts/llm_prepare.py"
 

@@ -24,6 +24,11 @@ LLM_CODE = code(
     "tensors",
     "tunable",
 )
+if LLM["enabled"] and LLM["anchors"]["source"] == "folders" and None not in LLM_FOLDERS:
+    # refused before any job: a pair of different vocabularies or widths out of order
+    from esta.llm.anchors import check_folders
+
+    check_folders(LLM_FOLDERS)
 if LLM["enabled"] and LLM["rule"] == "paired":
     # refused before any job: SN-Net's paired rule needs anchors of equal depth (esta.stitches)
     from esta.llm.anchors import check_rule
@@ -50,7 +55,11 @@ def llm_anchor_info():
 
 def llm_targets():
     """What `rule all` builds when llm.enabled (the figure needs every other LLM result)."""
-    out = [f"{R}/tables/llm_pareto.csv", f"{R}/tables/llm_stitches.csv"]
+    out = [
+        f"{R}/tables/llm_pareto.csv",
+        f"{R}/tables/llm_stitches.csv",
+        f"{R}/tables/llm_lm_eval.csv",
+    ]
     return out + expand(f"{R}/figures/llm_pareto.{{ext}}", ext=["pdf", "png"])
 
 
@@ -66,6 +75,7 @@ def llm_benchmark_files():
         f"{B}/llm_ls_init.tsv"
     ]
     kw = dict(variant=LLM_VARIANTS, seed=config["seeds"])
+    files.append(f"{B}/llm_lm_eval.tsv")
     for step in ("llm_train_esta", "llm_evaluate", "llm_export"):
         files += expand(f"{B}/{step}/{{variant}}/seed{{seed}}.tsv", **kw)
     for step in ("llm_adapt_anchor", "llm_evaluate_anchor"):

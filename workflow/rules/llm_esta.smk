@@ -72,6 +72,7 @@ rule llm_train_esta:
         train=LLM["train"],
         sampler=LLM["sampler"],
         intervals=LLM["deploy"]["intervals"],
+        nproc=LLM["nproc"],
         ckpt_dir=lambda w: f"{R}/.checkpoints/llm/esta/{w.variant}/seed{w.seed}",
     script:
         "../scripts/llm_train.py"
@@ -100,6 +101,7 @@ rule llm_adapt_anchor:
         **LLM_TRAIN_PARAMS,
         pst=llm_pst,
         train={**LLM["train"], **LLM["adapt"]},
+        nproc=1,
         ckpt_dir=lambda w: f"{R}/.checkpoints/llm/anchor_ft/seed{w.seed}/anchor{w.i}",
     script:
         "../scripts/llm_train.py"
@@ -142,6 +144,7 @@ rule llm_evaluate:
         stitches=f"{R}/tables/llm_stitches.csv",
         tokenizer=f"{L}/data/tokenizer",
         test=f"{L}/data/test.json",
+        mc=f"{L}/data/mc.json",
         code=code("llm/evaluate") + LLM_CODE,
     output:
         metrics=f"{L}/esta/{{variant}}/seed{{seed}}/metrics.csv",
@@ -166,6 +169,7 @@ rule llm_evaluate_anchor:
         stitches=f"{R}/tables/llm_stitches.csv",
         tokenizer=f"{L}/data/tokenizer",
         test=f"{L}/data/test.json",
+        mc=f"{L}/data/mc.json",
         code=code("llm/evaluate") + LLM_CODE,
     output:
         metrics=f"{L}/anchor_ft/seed{{seed}}/anchor{{i}}/metrics.csv",
@@ -206,6 +210,54 @@ rule llm_export:
         pst=llm_pst,
     script:
         "../scripts/llm_export.py"
+
+
+rule llm_lm_eval_task:
+    """The held-out multiple-choice items as a local lm-eval task (esta_llm_mc): JSON lines + YAML."""
+    input:
+        mc=f"{L}/data/mc.json",
+        code=code("llm/lm_eval_adapter"),
+    output:
+        directory(f"{L}/lm_eval_tasks"),
+    log:
+        f"{R}/logs/llm_lm_eval_task.log",
+    conda:
+        "../envs/esta.yaml"
+    script:
+        "../scripts/llm_lm_eval_task.py"
+
+
+rule llm_lm_eval:
+    """lm-evaluation-harness scores of every exported deployed stitch (llm.lm_eval), local tasks only."""
+    input:
+        exported=expand(
+            f"{L}/esta/{{variant}}/seed{{seed}}/deployed",
+            variant=LLM_VARIANTS,
+            seed=config["seeds"],
+        ),
+        tasks=(
+            f"{L}/lm_eval_tasks"
+            if LLM["lm_eval"]["include_path"] is None
+            else LLM["lm_eval"]["include_path"]
+        ),
+        code=code("llm/lm_eval_adapter", "llm/export"),
+    output:
+        f"{R}/tables/llm_lm_eval.csv",
+    log:
+        f"{R}/logs/llm_lm_eval.log",
+    benchmark:
+        f"{R}/benchmarks/llm_lm_eval.tsv"
+    conda:
+        "../envs/esta.yaml"
+    threads: heavy_threads()
+    params:
+        torch_threads=config["threads"],
+        lm_eval=LLM["lm_eval"],
+        batch_size=LLM["eval"]["batch_size"],
+        # the variant and seed of each `exported` input, in expand's order
+        runs=[(v, s) for v in LLM_VARIANTS for s in config["seeds"]],
+    script:
+        "../scripts/llm_lm_eval.py"
 
 
 rule llm_pareto_table:

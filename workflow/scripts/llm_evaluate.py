@@ -2,6 +2,9 @@
 (llm_evaluate) or one individually adapted anchor (llm_evaluate_anchor): masked NLL, perplexity and
 greedy exact match per stitch, plus every stitch's answers to a fixed prompt set."""
 
+import json
+from pathlib import Path
+
 import pandas as pd
 
 from esta import runtime
@@ -21,13 +24,15 @@ test = load_alpaca(inp.test)
 stitches = pd.read_csv(inp.stitches)
 # an anchor alone is stitch 0 of its one-anchor model and stitch i of the full table
 ids = [0] if alone else pd.read_csv(inp.deployed)["stitch_id"].tolist()
-metrics = evaluate(model, tokenizer, ids, test, p.tokenizer, p.eval)
+metrics = evaluate(model, tokenizer, ids, test, p.tokenizer, p.eval, mc_items=json.loads(Path(inp.mc).read_text()))
 shown = ev.samples(model, tokenizer, test[: p.eval["n_samples"]], ids, p.eval["max_new_tokens"])
 if alone:
     metrics["stitch_id"] = shown["stitch_id"] = int(w.i)
-cols = ["stitch_id", "name", "front", "end", "params", "macs"]
+cols = ["stitch_id", "name", "front", "end", "params", "macs", "macs_unit"]
 metrics = stitches[cols].merge(metrics, on="stitch_id", validate="one_to_one")
-metrics["seed"] = int(w.seed)
-log.info("\n%s", metrics[["stitch_id", "params", "nll", "em"]].to_string(index=False))
+# the precision the numbers were computed in (spec §11): anchors in llm.dtype, trainables fp32
+trainable_dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in model.trainable().values()})
+metrics = metrics.assign(seed=int(w.seed), dtype=p.dtype, trainable_dtype="/".join(trainable_dtypes))
+log.info("\n%s", metrics[["stitch_id", "params", "nll", "em", "mc_acc"]].to_string(index=False))
 runtime.write_csv(metrics, out.metrics)
 runtime.write_csv(shown, out.samples)

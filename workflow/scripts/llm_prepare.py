@@ -33,6 +33,9 @@ for name, records in data.items():
     tasks.write_alpaca(records, out[name])
     reports[name] = encode(records, tokenizer, p.tokenizer, out[name])[1].to_dict()
     log.info("%s: %d records, %d truncated", name, len(records), reports[name]["truncated"])
+# held-out records as log-likelihood multiple-choice items (mc_acc; the lm-eval task esta_llm_mc)
+items = tasks.choice_items(data["test"][: p.mc["n_mc"]], p.mc["mc_choices"], p.suite["seed"])
+runtime.write_json(out.mc, items)
 tmp = f"{out.tokenizer}.tmp-{os.getpid()}"
 tokenizer.save_pretrained(tmp)
 shutil.rmtree(out.tokenizer, ignore_errors=True)
