@@ -1,9 +1,10 @@
-"""Command line: ``python -m esta info --family NAME [--num-classes C] [--rank R] [--rule R] [--json]``.
+"""Command line: ``python -m esta info (--family NAME | --timm MODEL ...) [--num-classes C] [--rank R] [--rule R]
+[--json]``.
 
 Prints a family's stitch table (ids, pairs, positions, depth, GMACs, parameters) and the trainable
 parameter counts: for a ViT family (``vit-ti-s-b``, ``deit-ti-s-b``, ``embedded``) ESTA's PST and
-SN-Net's full fine-tuning at ``--num-classes``; for an LLM family (``llama-7b-13b``, ``tiny``) PST on
-Stitched LLaMA, MACs per token. Needs no weights and no data: the models are built on the meta
+SN-Net's full fine-tuning at ``--num-classes`` (``--timm`` names a family of timm models, spec §13);
+for an LLM family (``llama-7b-13b``, ``tiny``) PST on Stitched LLaMA, MACs per token. Needs no weights and no data: the models are built on the meta
 device. This module is the entry point and the one place of the core that knows both families.
 """
 
@@ -14,33 +15,42 @@ import json
 import sys
 
 
-def family_info(name: str, num_classes: int, rank: int, rule: str | None) -> dict:
-    """The ``info`` record of a ViT or LLM family, dispatched on the family name."""
+def family_info(name, num_classes: int, rank: int, rule: str | None) -> dict:
+    """The ``info`` record of a ViT or LLM family, dispatched on the family name (a ViT family may
+    also be given by its rows, ``esta.vit.timm_family.timm_specs``)."""
     from esta.llm.anchors import FAMILIES as LLM_FAMILIES
 
-    if name in LLM_FAMILIES:
+    if isinstance(name, str) and name in LLM_FAMILIES:
         from esta.llm import info
 
         return info.family_info(name, rank, rule or "depth")
     from esta.vit import info
 
-    if rule not in (None, "paired"):
-        raise ValueError(f"ViT family {name!r} stitches by the paired rule only, got --rule {rule}")
-    return info.family_info(name, num_classes, rank)
+    return info.family_info(name, num_classes, rank, rule)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m esta")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="stitch table and trainable parameters of an anchor family")
-    info.add_argument("--family", required=True, help="a ViT family (vit-ti-s-b, ...) or an LLM family (llama-7b-13b, ...)")
+    which = info.add_mutually_exclusive_group(required=True)
+    which.add_argument("--family", help="a ViT family (vit-ti-s-b, ...) or an LLM family (llama-7b-13b, ...)")
+    which.add_argument("--timm", nargs="+", metavar="MODEL", help="a family of timm ViTs, small to large (spec §13)")
     info.add_argument("--num-classes", type=int, default=100, help="classes of the task head (ViT families)")
     info.add_argument("--rank", type=int, default=8, help="LoRA rank of PST")
-    info.add_argument("--rule", choices=["paired", "depth"], help="stitch rule (LLM families; default depth)")
+    info.add_argument("--rule", choices=["paired", "depth"],
+                      help="stitch rule (LLM families, default depth; a ViT family's follows its depths)")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     try:
-        result = family_info(args.family, args.num_classes, args.rank, args.rule)
+        if args.timm:
+            from esta.vit.timm_family import check_timm_family, timm_specs
+
+            specs = timm_specs(args.timm)
+            check_timm_family(specs)
+            result = family_info(specs, args.num_classes, args.rank, args.rule)
+        else:
+            result = family_info(args.family, args.num_classes, args.rank, args.rule)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -48,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
     head = f"{args.num_classes} classes" if result["kind"] == "vit" else f"rule {result['rule']}"
-    print(f"family {args.family}: {result['n_stitches']} stitches, {head}, MACs per {result['macs_unit']}")
+    print(f"family {result['family']}: {result['n_stitches']} stitches, {head}, MACs per {result['macs_unit']}")
     for method, n in result["trainable_params"].items():
         print(f"  trainable parameters, {method}: {n:,}")
     cols = ["stitch_id", "front", "end", "j", "k", "layer", "depth", "gmacs", "params"]

@@ -8,6 +8,10 @@ Each writer is deterministic given its seed, needs no network, and lays its outp
 - :func:`write_fgvc_fixture`: an FGVC task in VPT's layout, 1-based non-contiguous class ids.
 - :func:`write_cifar100_fixture`: CIFAR-100 pickles in torchvision's format.
 - :func:`write_vit_weights`: random-init timm ViTs saved as IN-21K-style ``.safetensors`` files.
+- :func:`write_imagefolder_fixture`: a user's ``<root>/<split>/<class>/<image>`` tree (spec §13), mixed
+  modes and sizes, with hidden and non-image files to skip.
+- :func:`write_hf_fixture`: a Hugging Face ``datasets`` image data set as parquet files or ``save_to_disk``
+  folders (spec §13).
 """
 
 from __future__ import annotations
@@ -174,3 +178,79 @@ def write_vit_weights(out_dir: str | os.PathLike, num_classes=21843,
         paths.append(path)
         del model
     return paths
+
+
+# (PIL mode, suffix) of a user's images: every mode PIL converts to RGB, in the formats that hold it
+_USER_MODES = (("RGB", ".jpg"), ("L", ".png"), ("RGBA", ".png"), ("P", ".png"), ("CMYK", ".jpg"), ("LA", ".png"),
+               ("1", ".bmp"), ("I;16", ".tif"), ("RGB", ".webp"))
+_USER_SIZES = ((20, 30), (64, 48), (33, 33), (17, 90), (40, 12))
+
+
+def _pick(k: int) -> tuple[str, tuple[int, int]]:
+    return _USER_MODES[k % len(_USER_MODES)][0], _USER_SIZES[k % len(_USER_SIZES)]
+
+
+def write_imagefolder_fixture(root: str | os.PathLike, classes=("cat", "dog", "eel"), n=(6, 3, 4),
+                              splits=("training", "val", "test"), seed=0) -> Path:
+    """Write ``<root>/<split>/<class>/<image>`` and return ``root``; ``n`` images per class and split
+    (in ``splits`` order; a split named ``None`` is left out). Images cycle through PIL modes (RGB, L,
+    RGBA, P, CMYK, LA, 1, I;16) in JPEG, PNG, BMP, TIFF and WebP files and through sizes; one image per
+    class sits in a sub-folder. Every split also gets a hidden file, a hidden folder with an image in it,
+    a ``notes.txt`` in each class folder and a ``README`` beside the class folders (all to be skipped)."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    k = 0
+    for split, count in zip(splits, n, strict=True):
+        if split is None:
+            continue
+        for c in classes:
+            for i in range(count):
+                mode, size = _pick(k)
+                suffix = _USER_MODES[k % len(_USER_MODES)][1]
+                sub = "more/" if i == count - 1 else ""
+                _save(_image(rng, mode, size), root / split / c / f"{sub}{c}_{i:03d}{suffix}")
+                k += 1
+            (root / split / c / "notes.txt").write_text("not an image\n")
+            (root / split / c / ".DS_Store").write_bytes(b"\0")
+        (root / split / "README").write_text("about this split\n")
+        _save(_image(rng, "RGB", (8, 8)), root / split / ".cache" / "thumb.jpg")
+    return root
+
+
+def write_hf_fixture(root: str | os.PathLike, form="parquet", classes=("ant", "bee", "cow"), n=(9, 4),
+                     image_key="image", label_key="label", val=0, seed=0) -> Path:
+    """Write an image classification data set with ``datasets`` and return its folder. ``n`` = (train,
+    test) rows (``val`` > 0 adds a validation split); labels cycle through ``classes`` (a ClassLabel),
+    images through PIL modes and sizes (stored as PNG bytes by ``datasets``' Image feature).
+
+    ``form``: ``parquet`` (``train.parquet`` and ``test-00000-of-00001.parquet``, plus a README.md, as
+    ``load_dataset("parquet", data_dir=root)`` reads them), ``dict`` (``DatasetDict.save_to_disk``) or
+    ``per_split`` (``Dataset.save_to_disk`` per split: ``root/train/``, ``root/test/``)."""
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    from datasets import ClassLabel, Dataset, DatasetDict, Features
+    from datasets import Image as ImageFeature
+
+    rng = np.random.default_rng(seed)
+    features = Features({image_key: ImageFeature(), label_key: ClassLabel(names=list(classes))})
+    sizes = dict(train=n[0], test=n[1], **({"validation": val} if val else {}))
+    splits, k = {}, 0
+    for split, count in sizes.items():
+        images = [_image(rng, *_pick(k + i)).convert("RGB") if _pick(k + i)[0] in ("CMYK", "I;16")
+                  else _image(rng, *_pick(k + i)) for i in range(count)]  # PNG holds neither CMYK nor I;16
+        splits[split] = Dataset.from_dict({image_key: images, label_key: [i % len(classes) for i in range(count)]},
+                                          features=features)
+        k += count
+    root = Path(root)
+    if form == "parquet":
+        root.mkdir(parents=True, exist_ok=True)
+        for split, ds in splits.items():
+            ds.to_parquet(str(root / ("train.parquet" if split == "train" else f"{split}-00000-of-00001.parquet")))
+        (root / "README.md").write_text("# a data set card\n")
+    elif form == "dict":
+        DatasetDict(splits).save_to_disk(str(root))
+    elif form == "per_split":
+        for split, ds in splits.items():
+            ds.save_to_disk(str(root / split))
+    else:
+        raise ValueError(f"unknown form {form!r}")
+    return root

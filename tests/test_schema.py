@@ -57,7 +57,7 @@ def test_errors_name_path_value_and_rule_one_line_each():
                         "unexpected) [schema rule additionalProperties]"
     assert errors[1] == ("config.esta.lora.rank = -2: -2 is less than the minimum of 1 "
                          "[schema rule properties/esta/properties/lora/properties/rank/minimum]")
-    assert errors[2].startswith("config.tasks[0] = 'embedded/xxx") and "[schema rule properties/tasks/items/enum]" in errors[2]
+    assert errors[2].startswith("config.tasks[0] = 'embedded/xxx") and "[schema rule properties/tasks/items/anyOf]" in errors[2]
     assert len(errors) == 3 and all("\n" not in e and len(e) < 500 for e in errors)
     with pytest.raises(ValueError, match=r"variant x failed validation .*\(3 error\(s\)\)") as info:
         check_config(copy.deepcopy(cfg), SCHEMA, "variant x")

@@ -96,10 +96,13 @@ def test_validation_error_is_one_line_per_violation_not_the_schema(override, lin
 
 
 def test_schema_task_enum_is_the_task_table():
+    """Task ids are the table's, or custom/<name> for a user's data set (spec §13)."""
     from esta.vit.data import TASKS
 
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    assert schema["properties"]["tasks"]["items"]["enum"] == list(TASKS)
+    custom, table = schema["properties"]["tasks"]["items"]["anyOf"]
+    assert table["enum"] == list(TASKS)
+    assert custom["pattern"] == "^custom/[A-Za-z0-9_]+$"
 
 
 def test_scripts_use_params_not_argparse_or_config():

@@ -1,8 +1,10 @@
-"""Anchor families: pretrained ViTs of one depth and increasing width (ESTA §3, spec §1, §8).
+"""Anchor families: pretrained ViTs of increasing width (ESTA §3, spec §1, §8, §13).
 
 A family is a row of data, as in nanoGPT's model table: each anchor is a timm model name plus the
 ``create_model`` keyword arguments that shape it. timm builds every ViT, the paper's ViT-Ti/S/B as
-well as the tiny family of the embedded default; there is no second ViT implementation here.
+well as the tiny family of the embedded default; there is no second ViT implementation here. A family
+is named by its key in ``FAMILIES`` or given as its tuple of ``AnchorSpec`` rows: a user's family of
+timm names (``family: timm``, ``esta.vit.timm_family``). Anchors may differ in depth (spec §13).
 
 Weights come only from local files (``create_model(..., pretrained=True,
 pretrained_cfg_overlay=dict(file=path, num_classes=<classes in the file>))``); with no file the
@@ -69,12 +71,17 @@ FAMILIES: dict[str, tuple[AnchorSpec, ...]] = {
 }
 
 
-def family(name: str) -> tuple[AnchorSpec, ...]:
-    """The anchor specs of a family, small to large; an unknown name lists the known ones.
+def family(name: str | tuple[AnchorSpec, ...]) -> tuple[AnchorSpec, ...]:
+    """The anchor specs of a family, small to large; an unknown name lists the known ones. A tuple
+    of specs (a timm family, ``esta.vit.timm_family.timm_specs``) is its own family.
 
     ``"<family>@<px>"`` is the family at another input resolution (timm resamples the position
     embedding of pretrained weights on load), e.g. ``vit-ti-s-b@32`` for CPU-sized tests.
     """
+    if isinstance(name, tuple):
+        if not name or not all(isinstance(s, AnchorSpec) for s in name):
+            raise ValueError(f"a family given by its rows must be a non-empty tuple of AnchorSpec, got {name!r}")
+        return name
     base, _, px = name.partition("@")
     if base not in FAMILIES:
         raise ValueError(f"unknown anchor family {base!r}; known families: {sorted(FAMILIES)}")
@@ -86,8 +93,11 @@ def family(name: str) -> tuple[AnchorSpec, ...]:
     return specs
 
 
-def family_at(name: str, img_size: int) -> str:
-    """The family name that builds ``name``'s anchors at ``img_size`` pixels ("name" when native)."""
+def family_at(name: str | tuple[AnchorSpec, ...], img_size: int) -> str | tuple[AnchorSpec, ...]:
+    """The family that builds ``name``'s anchors at ``img_size`` pixels (``name`` when native); for a
+    family given by its rows, the rows with ``img_size`` set."""
+    if isinstance(name, tuple):
+        return tuple(replace(s, kwargs=dict(s.kwargs, img_size=img_size)) for s in family(name))
     native = {s.kwargs.get("img_size", 224) for s in family(name)}
     return name if native == {img_size} else f"{name.partition('@')[0]}@{img_size}"
 
@@ -112,11 +122,11 @@ def build_anchor(
     import timm
     from timm.models.vision_transformer import init_weights_vit_timm
 
-    if num_classes < 1:
+    if num_classes < 1 and not (keep_head and num_classes == 0):  # 0: a file stored without a head
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     kwargs = dict(spec.kwargs, num_classes=num_classes)
     if weights is None:
-        return timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+        return _block_interface(timm.create_model(spec.timm_name, pretrained=False, **kwargs))
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(
@@ -146,26 +156,51 @@ def build_anchor(
         ) from err
     if not keep_head and stored == num_classes:
         init_weights_vit_timm(anchor.head)  # timm loaded the equally sized head: make it new
-    return anchor
+    return _block_interface(anchor)
 
 
-def check_family(anchors: list[nn.Module]) -> None:
-    """Anchors of one family must share depth and patch grid and be ordered by width."""
+def _block_interface(vit: nn.Module) -> nn.Module:
+    """EVA's attention adds its q/v biases inside ``F.linear(x, qkv.weight, bias)``, which would bypass
+    a LoRA wrapped around ``qkv``; with ``qkv_bias_separate`` it calls ``qkv(x)`` and adds them after
+    (the same function), so PEFT on ``attn.qkv`` acts on EVA blocks as on ViT blocks."""
+    for m in vit.modules():
+        if hasattr(m, "qkv_bias_separate"):
+            m.qkv_bias_separate = True
+    return vit
+
+
+def check_family(anchors: list[nn.Module], names: list[str] | None = None) -> None:
+    """Anchors of one family must share patch size, image size and prefix tokens (so their token
+    sequences line up), have at least 2 blocks each, and be ordered by strictly increasing width;
+    depths may differ. An error names the anchors that disagree."""
     if not anchors:
         raise ValueError("an anchor family needs at least one anchor")
-    depths = [len(a.blocks) for a in anchors]
+    names = names or [f"anchor {i}" for i in range(len(anchors))]
+    shapes = {
+        "patch size": [tuple(a.patch_embed.patch_size) for a in anchors],
+        "image size": [tuple(a.patch_embed.img_size) for a in anchors],
+        "prefix tokens": [a.num_prefix_tokens for a in anchors],
+        "tokens": [a.patch_embed.num_patches + a.num_prefix_tokens for a in anchors],
+    }
+    for what, values in shapes.items():
+        for i, v in enumerate(values[1:], 1):
+            if v != values[0]:
+                raise ValueError(f"anchors {names[0]} and {names[i]} cannot be stitched: different {what}, "
+                                 f"{values[0]} vs {v} (every anchor of a family needs the same {what})")
+    for n, a in zip(names, anchors):
+        if len(a.blocks) < 2:
+            raise ValueError(f"anchor {n} has {len(a.blocks)} block(s); stitching needs at least 2")
     widths = [a.embed_dim for a in anchors]
-    tokens = [a.patch_embed.num_patches + a.num_prefix_tokens for a in anchors]
-    if len(set(depths)) != 1:
-        raise ValueError(f"anchors must have equal depth, got depths {depths}")
-    if len(set(tokens)) != 1:
-        raise ValueError(f"anchors must have equal token counts, got {tokens}")
     if any(b <= a for a, b in zip(widths, widths[1:])):
-        raise ValueError(f"anchors must be ordered by strictly increasing width, got widths {widths}")
+        raise ValueError(f"anchors must be ordered by strictly increasing width, got widths {widths} "
+                         f"for {', '.join(names)}")
 
 
 def build_family(
-    name: str, num_classes: int, weights: list[str | Path | None] | None = None, task: str | None = None
+    name: str | tuple[AnchorSpec, ...],
+    num_classes: int,
+    weights: list[str | Path | None] | None = None,
+    task: str | None = None,
 ) -> list[nn.Module]:
     """Build every anchor of a family (small to large), each with a ``num_classes`` head.
 
@@ -177,15 +212,15 @@ def build_family(
     weights = [None] * len(specs) if weights is None else list(weights)
     if len(weights) != len(specs):
         raise ValueError(
-            f"family {name!r} has {len(specs)} anchors but {len(weights)} weight files were given"
+            f"family {[s.name for s in specs]} has {len(specs)} anchors but {len(weights)} weight files were given"
         )
     keep = [w is not None and task is not None and weights_meta(w).get("task") == task for w in weights]
     anchors = [build_anchor(s, num_classes, w, k) for s, w, k in zip(specs, weights, keep)]
-    check_family(anchors)
+    check_family(anchors, [s.name for s in specs])
     return anchors
 
 
-def meta_family(name: str, num_classes: int) -> list[nn.Module]:
+def meta_family(name: str | tuple[AnchorSpec, ...], num_classes: int) -> list[nn.Module]:
     """The family on the meta device: shapes only, for FLOPs and parameter counts in milliseconds."""
     import torch
 

@@ -22,6 +22,7 @@ __all__ = [
     "anchor_arch",
     "open_task",
     "write_manifest",
+    "register_task",
     "read_manifest",
     "data_key",
     "tuning_config",
@@ -105,6 +106,28 @@ def write_manifest(path: str | Path, task_dir: str | Path, task: str, num_classe
     return manifest
 
 
+def register_task(path: str | Path, task: str, data_root: str | None, dataset: dict | None) -> dict:
+    """``register_data``: check an external task whole and write its manifest. A task of the table
+    reads ``<data_root>/<its folder>``; a custom task (spec §13) the data set ``dataset`` (its entry of
+    config ``datasets``, ``esta.vit.data.custom``), whose manifest also lists its classes."""
+    from esta.runtime import write_json
+    from esta.vit.data import DATA_ROOT_LAYOUT, is_custom, task_info
+    from esta.vit.data.custom import CustomDataset, describe_custom
+    from esta.vit.tasks import custom_name
+
+    if is_custom(task):
+        if dataset is None:
+            raise ValueError(f"task {task!r} needs config key datasets.{custom_name(task)} "
+                             "({source: imagefolder|hf, path: ...})")
+        manifest = describe_custom(task, CustomDataset.from_config(custom_name(task), dataset))
+        write_json(path, manifest)
+        return manifest
+    if data_root is None:
+        raise ValueError(f"task {task!r} reads external data, but config key data_root is not set; "
+                         f"run with --config data_root=/path/to/data. Expected layout: {DATA_ROOT_LAYOUT}")
+    return write_manifest(path, Path(data_root).expanduser().resolve() / task_info(task).folder, task)
+
+
 def read_manifest(path: str | Path) -> dict:
     """A data manifest with its ``root`` resolved (relative roots are relative to the manifest)."""
     path = Path(path)
@@ -123,20 +146,25 @@ def data_key(manifest: dict) -> dict:
 def open_task(manifest: str | Path | dict, split: str, img_size: int, num_workers: int = 0,
               augment: bool | None = None, normalize: str = "imagenet", family: str | None = None,
               fgvc_interpolation: str = "bicubic", lazy: bool = False):
-    """Split ``split`` of the task a manifest describes (``esta.vit.data.open_split``). Splits without
+    """Split ``split`` of the task a manifest describes (``esta.vit.data.open_split``; a custom task's by
+    ``esta.vit.data.custom.open_custom``). Splits without
     random augmentation that fit in 1 GiB as float32 are decoded once and come back as tensors,
     unless ``lazy``: then images are decoded when indexed (for jobs that use a few of them).
     ``normalize`` / ``family`` / ``fgvc_interpolation`` are config keys ``data.normalize``, ``family``
     and ``data.fgvc_interpolation`` (``esta.vit.data.normalization``)."""
     from torch.utils.data import TensorDataset
 
-    from esta.vit.data import TASKS, VtabFolder, augmented, eval_transform, load_tensors, normalization, open_split
+    from esta.vit.data import (TASKS, VtabFolder, augmented, eval_transform, is_custom, load_tensors, normalization,
+                               open_split)
+    from esta.vit.data.custom import open_custom
 
     m = manifest if isinstance(manifest, dict) else read_manifest(manifest)
     if m["task"] in TASKS:
         ds = open_split(m["root"], m["task"], split, img_size, augment=augment, normalize=normalize, family=family,
                         fgvc_interpolation=fgvc_interpolation)
         random = augmented(m["task"], split) if augment is None else augment
+    elif is_custom(m["task"]):
+        ds, random = open_custom(m, split, img_size, augment, normalization(normalize, family), fgvc_interpolation)
     else:
         transform = eval_transform(img_size, mean_std=normalization(normalize, family))
         ds, random = VtabFolder(m["root"], split, m["num_classes"], transform), False

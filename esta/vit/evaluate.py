@@ -31,7 +31,7 @@ def predict(model: TunableViT, x: torch.Tensor, stitch_ids: list[int]) -> dict[i
         by_front[net.stitch(sid).front].append(sid)
     out = {}
     for front, sids in by_front.items():
-        cuts = [net.depth - 1 if net.table[s].is_anchor else net.table[s].j for s in sids]
+        cuts = [net.depths[front] - 1 if net.table[s].is_anchor else net.table[s].j for s in sids]
         states = net.front_states(x, front, upto=max(cuts))
         for sid, cut in zip(sids, cuts):
             out[sid] = net.tail(states[cut], sid)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import timm
@@ -35,9 +36,11 @@ class StitchPath(nn.Module):
 
     def __init__(self, front: nn.Module, layer: nn.Module, end: nn.Module, j: int, k: int):
         super().__init__()
-        front.blocks = front.blocks[: j + 1]
+        # nn.Sequential keeps the anchor's block names (end.blocks.<k>...) and so the parameter names;
+        # an EVA model's ModuleList would renumber its slice from 0
+        front.blocks = nn.Sequential(OrderedDict(list(front.blocks.named_children())[: j + 1]))
+        end.blocks = nn.Sequential(OrderedDict(list(end.blocks.named_children())[k:]))
         front.norm, front.fc_norm, front.head = nn.Identity(), nn.Identity(), nn.Identity()
-        end.blocks = end.blocks[k:]
         end.patch_embed, end.norm_pre = nn.Identity(), nn.Identity()
         end.cls_token = end.pos_embed = end.reg_token = None
         self.front, self.layer, self.end = front, layer, end

@@ -1,9 +1,10 @@
 """Stitchable ViTs over an anchor family (SN-Net, Pan et al. CVPR 2023; ESTA §3; spec §2-§4).
 
 A *stitch* runs the front anchor's blocks ``0..j``, a linear stitching layer, then the end anchor's
-blocks ``k..D-1``, final norm and head. The stitch table (ids, positions, shared stitching layers)
+blocks ``k..D_e-1``, final norm and head. The stitch table (ids, positions, shared stitching layers)
 is the method core's (``esta.stitches``): SN-Net's paired rule for a family of equal depth, 71
-stitches for ViT-Ti/S/B. This module runs stitches through timm's modules, fits the stitching layers
+stitches for ViT-Ti/S/B; the depth rule of spec §11 for anchors of different depths (e.g. ViT-S/B/L,
+12/12/24 blocks; spec §13). This module runs stitches through timm's modules, fits the stitching layers
 by least squares (``esta.lstsq``) and counts each anchor part's cost for ``esta.costs``.
 
 FLOPs are multiply-accumulates (MACs) at batch 1, SN-Net's and fvcore's convention, counted with
@@ -38,7 +39,10 @@ __all__ = [
 
 def embed(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """timm's ViT input stem: patch embed, cls/pos embedding, patch drop, pre-norm -> (B, N, C)."""
-    return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+    h = vit._pos_embed(vit.patch_embed(x))
+    if isinstance(h, tuple):  # EVA: (tokens, rotary embedding), patch drop applied inside; no RoPE here
+        return vit.norm_pre(h[0])  # (esta.vit.timm_family refuses EVA models with RoPE)
+    return vit.norm_pre(vit.patch_drop(h))
 
 
 def head(vit: nn.Module, h: torch.Tensor) -> torch.Tensor:
@@ -48,6 +52,10 @@ def head(vit: nn.Module, h: torch.Tensor) -> torch.Tensor:
 
 class StitchedViT(nn.Module):
     """Anchors plus one set of stitching layers per neighbouring pair; ``forward(x, stitch_id)``.
+
+    Anchors may differ in depth: the table comes from ``esta.stitches.enumerate_stitches`` under
+    ``esta.stitches.default_rule`` (paired for equal depths, depth otherwise), and each pair gets as
+    many stitching layers as its positions use.
 
     The stitch is an argument of ``forward``, never stored state, and ``forward`` draws no random
     numbers, so any stitch can be evaluated, traced or called with substituted parameters
@@ -62,13 +70,13 @@ class StitchedViT(nn.Module):
         super().__init__()
         check_family(anchors)
         self.anchors = nn.ModuleList(anchors)
-        self.depth = len(anchors[0].blocks)
-        self.table = stitches.enumerate_stitches([self.depth] * len(anchors), [a.embed_dim for a in anchors],
-                                                 "paired")
-        n_layers = max(s.layer for s in self.table) + 1 if len(anchors) > 1 else 0
+        self.depths = [len(a.blocks) for a in anchors]
+        self.rule = stitches.default_rule(self.depths)
+        self.table = stitches.enumerate_stitches(self.depths, [a.embed_dim for a in anchors], self.rule)
         self.stitch_layers = nn.ModuleList(
             nn.ModuleList(
-                nn.Linear(anchors[p].embed_dim, anchors[p + 1].embed_dim) for _ in range(n_layers)
+                nn.Linear(anchors[p].embed_dim, anchors[p + 1].embed_dim)
+                for _ in range(1 + max((s.layer for s in self.table if s.front == p and not s.is_anchor), default=-1))
             )
             for p in range(len(anchors) - 1)
         )
@@ -78,10 +86,12 @@ class StitchedViT(nn.Module):
         """Recompute every anchor block in the backward pass (memory for time, ~1 extra forward)."""
         self.grad_checkpointing = bool(enable)
 
-    def run_blocks(self, blocks: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+    def run_blocks(self, blocks: nn.Module, h: torch.Tensor) -> torch.Tensor:
         """``blocks(h)``, each block checkpointed when enabled and gradients are being recorded."""
         if not (self.grad_checkpointing and torch.is_grad_enabled()):
-            return blocks(h)
+            for blk in blocks:  # a ModuleList (EVA) or nn.Sequential (ViT)
+                h = blk(h)
+            return h
         for blk in blocks:
             # Recomputation runs in the backward pass, after a ``functional_call`` around forward
             # (PST's stitch biases) has put the module's own parameters back. So the tensors the
@@ -105,14 +115,14 @@ class StitchedViT(nn.Module):
         vit = self.anchors[anchor]
         h = embed(vit, x)
         states = []
-        for blk in vit.blocks[: (self.depth if upto is None else upto + 1)]:
+        for blk in vit.blocks[: (len(vit.blocks) if upto is None else upto + 1)]:
             h = blk(h)
             states.append(h)
         return states
 
     def tail(self, h: torch.Tensor, stitch_id: int) -> torch.Tensor:
-        """Finish stitch ``stitch_id`` from the front anchor's block-``j`` output ``h`` (block D-1
-        for an anchor): stitching layer, end blocks ``k..D-1``, final norm, head."""
+        """Finish stitch ``stitch_id`` from the front anchor's block-``j`` output ``h`` (its last
+        block's for an anchor): stitching layer, end blocks ``k..``, final norm, head."""
         s = self.stitch(stitch_id)
         if s.is_anchor:
             return head(self.anchors[s.front], h)
@@ -123,7 +133,7 @@ class StitchedViT(nn.Module):
     def forward(self, x: torch.Tensor, stitch_id: int) -> torch.Tensor:
         s = self.stitch(stitch_id)
         vit = self.anchors[s.front]
-        cut = self.depth if s.is_anchor else s.j + 1
+        cut = self.depths[s.front] if s.is_anchor else s.j + 1
         h = self.run_blocks(vit.blocks[:cut], embed(vit, x))
         return self.tail(h, stitch_id)
 
@@ -136,7 +146,7 @@ class StitchedViT(nn.Module):
             return [f]
         e = f"anchors.{s.end}."
         front_blocks = [f"{f}blocks.{b}." for b in range(s.j + 1)]
-        end_blocks = [f"{e}blocks.{b}." for b in range(s.k, self.depth)]
+        end_blocks = [f"{e}blocks.{b}." for b in range(s.k, self.depths[s.end])]
         finish = [e + n for n in ("norm.", "fc_norm.", "head.")]
         return stem + front_blocks + [f"stitch_layers.{s.front}.{s.layer}."] + end_blocks + finish
 
@@ -243,4 +253,4 @@ def stitch_costs(anchors: list[nn.Module], names: list[str] | None = None) -> pd
     """The stitch table with MACs per image and parameters per stitch (``esta.costs.stitch_costs``);
     parameters count the front anchor's cls/pos embeddings (SN-Net's tables leave them out)."""
     names = names or [f"anchor{i}" for i in range(len(anchors))]
-    return costs.stitch_costs([anchor_costs(a) for a in anchors], names, unit="image", rule="paired")
+    return costs.stitch_costs([anchor_costs(a) for a in anchors], names, unit="image")

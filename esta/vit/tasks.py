@@ -3,6 +3,9 @@
 Kept apart from :mod:`esta.vit.data` (which reads the on-disk formats with torch and torchvision) so
 that the workflow's table jobs, which only need a task's classes and group, start in a second instead
 of importing torch. :mod:`esta.vit.data` re-exports everything here.
+
+A user's own data set is task ``custom/<name>`` (spec §13, :mod:`esta.vit.data.custom`): it is not in the
+table, its classes come from its manifest and its group from config ``datasets.<name>``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-__all__ = ["GROUPS", "TaskInfo", "TASKS", "task_info", "task_path", "is_relative_inside"]
+__all__ = ["GROUPS", "TaskInfo", "TASKS", "task_info", "task_path", "is_relative_inside", "CUSTOM_PREFIX", "is_custom",
+           "custom_name", "check_custom_tasks", "task_group", "DEFAULT_GROUP"]
 
 
 def is_relative_inside(path: str) -> bool:
@@ -95,8 +99,47 @@ def _build_tasks() -> dict[str, TaskInfo]:
 TASKS: dict[str, TaskInfo] = _build_tasks()
 
 
+CUSTOM_PREFIX = "custom/"
+
+
+def is_custom(task_id: str) -> bool:
+    """Whether ``task_id`` names a user's data set (``custom/<name>``, config ``datasets.<name>``)."""
+    return task_id.startswith(CUSTOM_PREFIX)
+
+
+def custom_name(task_id: str) -> str:
+    """The key in config ``datasets`` of custom task ``task_id``."""
+    if not is_custom(task_id) or not task_id.removeprefix(CUSTOM_PREFIX):
+        raise ValueError(f"{task_id!r} is not a custom task id ('{CUSTOM_PREFIX}<name>')")
+    return task_id.removeprefix(CUSTOM_PREFIX)
+
+
+DEFAULT_GROUP = "Custom"  # the group of a custom task whose config entry names none
+
+
+def task_group(task_id: str, datasets: dict) -> str:
+    """The group tables put ``task_id`` in: its table row's, or for a custom task config
+    ``datasets.<name>.group`` (default ``Custom``)."""
+    if is_custom(task_id):
+        return datasets[custom_name(task_id)].get("group", DEFAULT_GROUP)
+    return task_info(task_id).group
+
+
+def check_custom_tasks(tasks: list[str], datasets: dict) -> None:
+    """Every ``custom/<name>`` in config ``tasks`` needs its entry ``datasets.<name>``; an error names
+    the missing key and the ones there are."""
+    for task in tasks:
+        if is_custom(task) and custom_name(task) not in datasets:
+            raise ValueError(f"tasks lists {task!r} but config datasets has no entry {custom_name(task)!r} (entries: "
+                             f"{sorted(datasets)}); declare it as datasets.{custom_name(task)}: "
+                             "{source: imagefolder|hf, path: ...}")
+
+
 def task_info(task_id: str) -> TaskInfo:
     """The table row of ``task_id``; an unknown id fails with the list of known ids."""
+    if is_custom(task_id):
+        raise ValueError(f"{task_id!r} is a user's data set, not in the task table: its classes are in its "
+                         "manifest (results/data/<task>/manifest.json) and its group in config datasets")
     if task_id not in TASKS:
         raise ValueError(f"unknown task id {task_id!r}; known ids: {', '.join(TASKS)}")
     return TASKS[task_id]

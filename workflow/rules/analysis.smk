@@ -30,6 +30,7 @@ rule cost_table:
             mode=eval_mode(),
             i=ANCHORS,
         ),
+        data=expand(f"{R}/data/{{task}}/manifest.json", task=config["tasks"]),
         code=code(
             "analysis",
             "vit/info",
@@ -47,7 +48,7 @@ rule cost_table:
     conda:
         "../envs/esta.yaml"
     params:
-        family=config["family"],
+        family=FAMILY,
         img_size=config["data"]["img_size"],
         method=method_config("default"),
         three={v: method_config(v) for v in ABL["stages"] if esta_stages(v) == "three"},
@@ -125,7 +126,7 @@ rule grad_interference:
     threads: heavy_threads()
     params:
         torch_threads=config["threads"],
-        family=config["family"],
+        family=FAMILY,
         method=lambda w: method_config(w.variant)["esta"],
         img_size=config["data"]["img_size"],
         normalize=config["data"]["normalize"],

@@ -47,7 +47,7 @@ rule register_weights:
     """Load one local pretrained weight file into its timm architecture and store it as an anchor
     (no file input: weights_root is a param; a changed file reruns it)."""
     input:
-        code=code("vit/anchors", "vit/build"),
+        code=code("vit/anchors", "vit/build", "vit/timm_family"),
     output:
         weights=f"{R}/anchors/{{family}}/anchor{{i}}.safetensors",
         info=f"{R}/anchors/{{family}}/anchor{{i}}.json",
@@ -60,7 +60,7 @@ rule register_weights:
     conda:
         "../envs/esta.yaml"
     params:
-        family=lambda w: w.family,
+        family=FAMILY,
         img_size=config["data"]["img_size"],
         weights_root=config["weights_root"],
         file=weights_file,
@@ -84,7 +84,17 @@ rule anchors_table:
 
 rule stitch_table:
     input:
-        code=code("vit/anchors", "vit/stitch", "vit/info", "vit/tuning", "vit/metrics"),
+        # the first task's class count sizes the table's head (custom tasks: from their manifest);
+        # ancient: re-registered data must not rerun every job that reads the table
+        head=ancient(f"{R}/data/{config['tasks'][0]}/manifest.json"),
+        code=code(
+            "vit/anchors",
+            "vit/stitch",
+            "vit/info",
+            "vit/tuning",
+            "vit/metrics",
+            "vit/timm_family",
+        ),
     output:
         f"{R}/tables/stitches.csv",
     log:
@@ -92,7 +102,7 @@ rule stitch_table:
     conda:
         "../envs/esta.yaml"
     params:
-        family=config["family"],
+        family=FAMILY,
         img_size=config["data"]["img_size"],
         tasks=config["tasks"],
     script:
@@ -128,7 +138,7 @@ rule ls_init:
     threads: heavy_threads()
     params:
         torch_threads=config["threads"],
-        family=config["family"],
+        family=FAMILY,
         n_images=config["ls_init"]["n_images"],
         method=lambda w: (
             method_config(w.variant)["esta"] if w.method == "esta" else None
@@ -193,7 +203,7 @@ if config["anchors"]["source"] == "pretrain":
         conda:
             "../envs/esta.yaml"
         params:
-            family=config["family"],
+            family=FAMILY,
             recipe=config["anchors"]["pretrain"],
             command=SHIP_COMMAND,
         script:

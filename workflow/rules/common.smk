@@ -19,13 +19,22 @@ check_config(config, SCHEMA)
 
 # The anchor count comes from the family table; this imports torch and timm (seconds of DAG build).
 from esta.vit.anchors import family
+from esta.vit.tasks import check_custom_tasks, custom_name, is_custom, task_group
+from esta.vit.timm_family import config_family
+
+# the family the vision rules build: a FAMILIES name, or (family: timm) the rows of anchors.timm,
+# refused here, before any job, when they cannot be stitched (spec §13)
+FAMILY = config_family(
+    config["family"], config["anchors"]["timm"], config["data"]["img_size"]
+)
+check_custom_tasks(config["tasks"], config["datasets"])
 
 R = "results"
 # anchors shipped inside the package (anchors.source: shipped), and the command that makes them
 SHIPPED = "esta/vit/assets"
 SHIP_COMMAND = "snakemake ship_anchors --configfile config/upstream.yaml --cores 2"
 METHODS = ["esta", "snnet"]
-ANCHORS = list(range(len(family(config["family"]))))
+ANCHORS = list(range(len(family(FAMILY))))
 # the from-scratch control (controls.scratch): the largest anchor (families are small to large)
 # or every one
 SCRATCH_ANCHORS = (
@@ -88,6 +97,11 @@ def method_config(variant):
 def slug(task):
     """Task id as a file-name part: vtab/dtd -> vtab-dtd."""
     return re.sub(r"[^\w]", "-", task)
+
+
+def dataset_entry(task):
+    """The config `datasets` entry of a custom task (spec §13); None for a task of the table."""
+    return config["datasets"][custom_name(task)] if is_custom(task) else None
 
 
 EXTERNAL = [t for t in config["tasks"] if not t.startswith("embedded/")]

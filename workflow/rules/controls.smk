@@ -12,6 +12,7 @@ rule anchors_alone_table:
             for i in anchors
         ],
         stitches=f"{R}/tables/stitches.csv",
+        data=expand(f"{R}/data/{{task}}/manifest.json", task=config["tasks"]),
         code=code("vit/metrics", "vit/tasks"),
     output:
         f"{R}/tables/anchors_alone.csv",
@@ -19,6 +20,8 @@ rule anchors_alone_table:
         f"{R}/logs/anchors_alone_table.log",
     conda:
         "../envs/esta.yaml"
+    params:
+        groups={t: task_group(t, config["datasets"]) for t in config["tasks"]},
     script:
         "../scripts/anchors_alone_table.py"
 

@@ -31,8 +31,9 @@ rule prepare_data:
 
 
 rule register_data:
-    """Check an external task folder under data_root and describe it in a manifest (no file input:
-    the data root is a param, so the DAG plans without the data; changed list files rerun it).
+    """Check an external task whole and describe it in a manifest: a folder under data_root, or a
+    data set of your own (custom/<name>, config datasets; spec §13). No file input: the paths are
+    params, so the DAG plans without the data; changed files rerun it.
     """
     input:
         code=code("vit/data", "vit/tasks", "vit/build"),
@@ -43,11 +44,12 @@ rule register_data:
     benchmark:
         f"{R}/benchmarks/register_data/{{task}}.tsv"
     wildcard_constraints:
-        task="(?:vtab|fgvc)/[A-Za-z0-9_]+|cifar100",
+        task="(?:vtab|fgvc|custom)/[A-Za-z0-9_]+|cifar100",
     conda:
         "../envs/esta.yaml"
     params:
         data_root=config["data_root"],
+        dataset=lambda w: dataset_entry(w.task),
         fingerprint=data_fingerprint,
     script:
         "../scripts/register_data.py"

@@ -32,7 +32,7 @@ rule esta_adapt_anchor:
     threads: heavy_threads()
     params:
         torch_threads=config["threads"],
-        family=config["family"],
+        family=FAMILY,
         method=lambda w: method_config(w.variant)["esta"],
         train=lambda w: method_config(w.variant)["esta"]["train"],
         img_size=config["data"]["img_size"],
@@ -72,7 +72,7 @@ rule train_esta:
     threads: heavy_threads()
     params:
         torch_threads=config["threads"],
-        family=config["family"],
+        family=FAMILY,
         method=lambda w: method_config(w.variant)["esta"],
         train=lambda w: method_config(w.variant)["esta"]["train"],
         sampler=lambda w: method_config(w.variant)["esta"]["sampler"],
@@ -109,7 +109,7 @@ rule select_esta:
     threads: heavy_threads()
     params:
         torch_threads=config["threads"],
-        family=config["family"],
+        family=FAMILY,
         deploy=lambda w: method_config(w.variant)["deploy"],
         refresh=lambda w: method_config(w.variant)["deploy"]["importance_refresh"],
         method=lambda w: method_config(w.variant)["esta"],

@@ -18,7 +18,7 @@ rule evaluate_stitches:
     threads: heavy_threads()
     params:
         torch_threads=config["threads"],
-        family=config["family"],
+        family=FAMILY,
         method=lambda w: method_config(w.variant),
         img_size=config["data"]["img_size"],
         batch_size=config["eval"]["batch_size"],
@@ -48,7 +48,7 @@ rule evaluate_deployed:
     threads: heavy_threads()
     params:
         torch_threads=config["threads"],
-        family=config["family"],
+        family=FAMILY,
         method=lambda w: method_config(w.variant),
         img_size=config["data"]["img_size"],
         batch_size=config["eval"]["batch_size"],
@@ -65,6 +65,7 @@ rule export_deployed:
     input:
         unpack(model_inputs),
         accuracy=f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/test_accuracy.csv",
+        data=f"{R}/data/{{task}}/manifest.json",
         code=code("vit/export", "vit/build", "vit/data", "vit/tasks"),
     output:
         directory(f"{R}/{{method}}/{{variant}}/{{task}}/deployed/seed{{seed}}"),
@@ -77,7 +78,7 @@ rule export_deployed:
     threads: heavy_threads()
     params:
         torch_threads=config["threads"],
-        family=config["family"],
+        family=FAMILY,
         method=lambda w: method_config(w.variant),
         img_size=config["data"]["img_size"],
         normalize=config["data"]["normalize"],
@@ -104,6 +105,7 @@ rule task_metrics:
             seed=config["seeds"],
         ),
         stitches=f"{R}/tables/stitches.csv",
+        data=f"{R}/data/{{task}}/manifest.json",
         code=code("vit/metrics", "vit/tasks", "vit/info"),
     output:
         f"{R}/{{method}}/{{variant}}/{{task}}/metrics.csv",
@@ -114,5 +116,6 @@ rule task_metrics:
     params:
         seeds=config["seeds"],
         retrain_final=config["retrain_final"],
+        group=lambda w: task_group(w.task, config["datasets"]),
     script:
         "../scripts/task_metrics.py"

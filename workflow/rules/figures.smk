@@ -69,7 +69,7 @@ rule plot_pareto_task:
     log:
         f"{R}/logs/plot_pareto/{{slug}}.log",
     wildcard_constraints:
-        slug="(?:embedded|vtab|fgvc)-[A-Za-z0-9_]+|cifar100",
+        slug="(?:embedded|vtab|fgvc|custom)-[A-Za-z0-9_]+|cifar100",
     conda:
         "../envs/esta.yaml"
     script:

@@ -24,7 +24,7 @@ rule snnet_adapt:
     threads: heavy_threads()
     params:
         torch_threads=config["threads"],
-        family=config["family"],
+        family=FAMILY,
         train=lambda w: method_config(w.variant)["snnet"]["adapt"],
         img_size=config["data"]["img_size"],
         num_workers=config["data"]["num_workers"],
@@ -61,7 +61,7 @@ rule snnet_stitch:
     threads: heavy_threads()
     params:
         torch_threads=config["threads"],
-        family=config["family"],
+        family=FAMILY,
         method=lambda w: method_config(w.variant)["snnet"],
         train=lambda w: method_config(w.variant)["snnet"]["stitch"],
         sampler={"kind": "uniform"},

@@ -21,7 +21,6 @@ from esta.analysis import stored_params
 from esta.vit.info import meta_stitched
 from esta.vit.anchors import family_at
 from esta.vit.build import tuning_config
-from esta.vit.data import task_info
 from esta.tunable import count_trainable
 
 log = runtime.start_job(snakemake)
@@ -30,6 +29,7 @@ bench = pd.read_csv(snakemake.input.benchmarks)
 deployed = pd.read_csv(snakemake.input.deployed)
 deployed = deployed[deployed["variant"] == "default"]
 fam = family_at(p.family, p.img_size)
+classes_of = {m["task"]: m["num_classes"] for m in (json.loads(Path(f).read_text()) for f in snakemake.input.data)}
 
 # (method, step) -> benchmark rules and the prefix their job names start with (default variant)
 STEPS = {
@@ -42,7 +42,7 @@ STEPS = {
 
 counts = []  # per method, task, seed: trainable and stored parameters after each step
 for (method, task, seed), d in deployed.groupby(["method", "task", "seed"]):
-    classes = task_info(task).num_classes
+    classes = classes_of[task]
     m = meta_stitched(fam, classes, tuning_config(method, p.method[method]))
     net = m.net
     trained = count_trainable(m)

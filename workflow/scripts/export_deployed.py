@@ -5,9 +5,9 @@ from pathlib import Path
 import pandas as pd
 
 from esta import runtime
-from esta.vit.build import tuning_config, anchor_arch, assemble
+from esta.vit.build import tuning_config, anchor_arch, assemble, read_manifest
 from esta.tensors import load_tensors_file
-from esta.vit.data import describe_transform, task_info
+from esta.vit.data import describe_transform
 from esta.vit.anchors import family_at
 from esta.vit.export import export_stitch
 
@@ -15,7 +15,7 @@ log = runtime.start_job(snakemake)
 w, p, inp = snakemake.wildcards, snakemake.params, snakemake.input
 fam = family_at(p.family, p.img_size)
 deployed = pd.read_csv(inp.accuracy)
-model = assemble(fam, task_info(w.task).num_classes, inp.anchors, inp.stitch,
+model = assemble(fam, read_manifest(inp.data)["num_classes"], inp.anchors, inp.stitch,
                  tuning_config(w.method, p.method[w.method]), state_file=inp.model)
 trained = load_tensors_file(inp.model)[1]
 # a standalone stitch must say how its inputs are prepared (config keys data.normalize, data.fgvc_interpolation)

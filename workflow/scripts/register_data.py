@@ -1,17 +1,11 @@
-"""Check one external task folder under `data_root` (every split, before any training) and describe
-it in a manifest: split sizes, and bytes + sha256 of its list files (spec §8)."""
-
-from pathlib import Path
+"""Check one external task whole, before any training, and describe it in a manifest: a task of the
+table under `data_root` (split sizes, bytes + sha256 of its list files, spec §8) or a user's data set
+`custom/<name>` from config `datasets` (classes, split sizes, skipped files, bytes + sha256, spec §13)."""
 
 from esta import runtime
-from esta.vit.build import write_manifest
-from esta.vit.data import DATA_ROOT_LAYOUT, task_info
+from esta.vit.build import register_task
 
 log = runtime.start_job(snakemake)
-task, root = snakemake.wildcards.task, snakemake.params.data_root
-if root is None:
-    raise ValueError(f"task {task!r} reads external data, but config key data_root is not set; "
-                     f"run with --config data_root=/path/to/data. Expected layout: {DATA_ROOT_LAYOUT}")
-task_dir = Path(root).expanduser().resolve() / task_info(task).folder
-m = write_manifest(snakemake.output[0], task_dir, task)
-log.info("registered %s at %s: %s", task, task_dir, m["splits"])
+task, p = snakemake.wildcards.task, snakemake.params
+m = register_task(snakemake.output[0], task, p.data_root, p.dataset)
+log.info("registered %s at %s: %s", task, m["root"], m["splits"])

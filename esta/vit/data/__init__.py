@@ -9,6 +9,9 @@ per format behind the one :func:`open_split` API:
   path to a class id, remapped to ``0..C-1`` by sorting (:mod:`esta.vit.data.fgvc`, :class:`FgvcJson`).
 - **CIFAR-100** (``cifar100``): torchvision's pickles in ``cifar-100-python/``
   (:mod:`esta.vit.data.cifar`, :class:`Cifar100Folder`).
+- **a user's data** (``custom/<name>``, spec §13): an image folder or a Hugging Face ``datasets`` folder
+  declared in config ``datasets`` (:mod:`esta.vit.data.custom`); opened from its manifest
+  (``esta.vit.build.open_task``).
 
 This module holds what is shared by every suite:
 
@@ -43,7 +46,8 @@ from esta.vit.data.fgvc import FGVC_JSON_FILES, FGVC_LAYOUT, FGVC_SPLITS, FGVC_T
 from esta.vit.data.transforms import (FGVC_INTERPOLATIONS, IMAGENET_MEAN_STD, NORMALIZE, describe_transform,
                                       eval_transform, fgvc_transform, interpolation_mode, normalization)
 from esta.vit.data.vtab import VTAB_LAYOUT, VTAB_LIST_FILES, VTAB_SPLITS, VtabFolder, check_vtab, write_vtab_task
-from esta.vit.tasks import GROUPS, TASKS, TaskInfo, task_info, task_path
+from esta.vit.data.custom import CUSTOM_MODE_SPLITS, CUSTOM_SPLITS
+from esta.vit.tasks import GROUPS, TASKS, TaskInfo, is_custom, task_info, task_path
 
 __all__ = [
     "GROUPS", "TaskInfo", "TASKS", "task_info", "task_path", "DATA_ROOT_LAYOUT",
@@ -53,6 +57,7 @@ __all__ = [
     # re-exported from the format modules
     "VTAB_LIST_FILES", "VtabFolder", "write_vtab_task", "FGVC_JSON_FILES", "FgvcJson",
     "CIFAR_FOLDER", "CIFAR_FILES", "CIFAR_VAL_SEED", "CIFAR_VAL_FRACTION", "Cifar100Folder", "cifar_val_indices",
+    "CUSTOM_SPLITS", "is_custom",
 ]
 
 # ---- layouts ------------------------------------------------------------------------------------
@@ -93,27 +98,31 @@ MODE_SPLITS: dict[str, dict[str, tuple[str, str]]] = {
     "cifar": {"tuning": ("train90", "val10"), "final": ("train", "test")},
 }
 MODE_SPLITS["embedded"] = MODE_SPLITS["vtab"]
+MODE_SPLITS["custom"] = CUSTOM_MODE_SPLITS  # custom/<name>: train -> val, trainval -> test (spec §13)
 # suite -> every split of its layout, derived ones included (trainval = train.json + val.json;
 # train90 / val10 = a seeded partition of CIFAR-100's training set).
 LAYOUT_SPLITS: dict[str, tuple[str, ...]] = {"vtab": VTAB_SPLITS, "fgvc": FGVC_SPLITS, "cifar": CIFAR_SPLITS}
 LAYOUT_SPLITS["embedded"] = LAYOUT_SPLITS["vtab"]
+LAYOUT_SPLITS["custom"] = CUSTOM_SPLITS
 
 
 def mode_splits(task_id: str, mode: str) -> tuple[str, str]:
     """(training split, evaluation split) of ``task_id`` in ``mode`` ('tuning' or 'final').
 
-    VTAB-1k and embedded: tuning train800 -> val200, final train800val200 -> test. FGVC: tuning
-    train -> val, final trainval -> test. CIFAR-100: tuning train90 -> val10, final train -> test.
+    VTAB-1k and embedded: tuning train800 -> val200, final train800val200 -> test. FGVC and custom
+    tasks: tuning train -> val, final trainval -> test. CIFAR-100: tuning train90 -> val10, final
+    train -> test.
     """
-    info = task_info(task_id)
+    suite = "custom" if is_custom(task_id) else task_info(task_id).suite
     if mode not in MODES:
         raise ValueError(f"unknown split mode {mode!r}; expected one of {list(MODES)}")
-    return MODE_SPLITS[info.suite][mode]
+    return MODE_SPLITS[suite][mode]
 
 
 def task_splits(task_id: str) -> tuple[str, ...]:
-    """Every split :func:`open_split` accepts for ``task_id`` (derived ones included)."""
-    return LAYOUT_SPLITS[task_info(task_id).suite]
+    """Every split :func:`open_split` (``esta.vit.build.open_task`` for custom tasks) accepts for ``task_id``
+    (derived ones included)."""
+    return LAYOUT_SPLITS["custom" if is_custom(task_id) else task_info(task_id).suite]
 
 
 def augmented(task_id: str, split: str) -> bool:
