@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["Stitch", "RULES", "window_positions", "depth_positions", "enumerate_stitches", "default_rule",
-           "lookup", "on_path"]
+           "layer_counts", "lookup", "on_path"]
 
 RULES = ("paired", "depth")
 
@@ -102,6 +102,13 @@ def enumerate_stitches(depths: list[int], widths: list[int] | None = None, rule:
         for j, k, layer in positions:
             table.append(Stitch(len(table), p, p + 1, j, k, layer, j + 1 + de - k))
     return table
+
+
+def layer_counts(table: list[Stitch]) -> list[int]:
+    """Stitching layers of each neighbouring pair (front anchor 0, 1, ...): one more than the highest
+    layer index its positions use (paired: positions share them; depth: one each)."""
+    n_pairs = max(s.front for s in table) if table else 0
+    return [1 + max((s.layer for s in table if s.front == p and not s.is_anchor), default=-1) for p in range(n_pairs)]
 
 
 def lookup(table: list[Stitch], stitch_id: int) -> Stitch:

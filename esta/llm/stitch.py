@@ -56,12 +56,11 @@ class StitchedLlama(nn.Module):
         self.table = stitches.enumerate_stitches([a.config.num_hidden_layers for a in anchors],
                                                  [a.config.hidden_size for a in anchors], rule)
         widths = [a.config.hidden_size for a in anchors]
-        self.stitch_layers = nn.ModuleList()
-        for p in range(len(anchors) - 1):
-            n_layers = 1 + max((s.layer for s in self.table if s.front == p and not s.is_anchor), default=-1)
-            # trainable or LS-fitted: fp32 master weights whatever the anchors' dtype (precision policy)
-            self.stitch_layers.append(nn.ModuleList(nn.Linear(widths[p], widths[p + 1], dtype=torch.float32)
-                                                    for _ in range(n_layers)))
+        # trainable or LS-fitted: fp32 master weights whatever the anchors' dtype (precision policy)
+        self.stitch_layers = nn.ModuleList(
+            nn.ModuleList(nn.Linear(widths[p], widths[p + 1], dtype=torch.float32) for _ in range(n))
+            for p, n in enumerate(stitches.layer_counts(self.table))
+        )
 
     num_stitches = property(lambda self: len(self.table))
 

@@ -74,11 +74,8 @@ class StitchedViT(nn.Module):
         self.rule = stitches.default_rule(self.depths)
         self.table = stitches.enumerate_stitches(self.depths, [a.embed_dim for a in anchors], self.rule)
         self.stitch_layers = nn.ModuleList(
-            nn.ModuleList(
-                nn.Linear(anchors[p].embed_dim, anchors[p + 1].embed_dim)
-                for _ in range(1 + max((s.layer for s in self.table if s.front == p and not s.is_anchor), default=-1))
-            )
-            for p in range(len(anchors) - 1)
+            nn.ModuleList(nn.Linear(anchors[p].embed_dim, anchors[p + 1].embed_dim) for _ in range(n))
+            for p, n in enumerate(stitches.layer_counts(self.table))
         )
         self.grad_checkpointing = False
 
