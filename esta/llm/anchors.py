@@ -79,15 +79,23 @@ def build_family(name: str, vocab_size: int | None = None, seed: int = 0) -> lis
     return out
 
 
+def _folder_configs(folders: list[str | Path | None]) -> list[dict] | None:
+    """The ``config.json`` of every anchor folder, or None when a folder or its config is missing
+    (left to the job that loads it, whose error names the layout)."""
+    configs = [Path(f) / "config.json" for f in folders if f is not None]
+    if len(configs) != len(folders) or not all(c.is_file() for c in configs):
+        return None
+    return [json.loads(c.read_text()) for c in configs]
+
+
 def check_rule(family_name: str, rule: str, folders: list[str | Path] | None = None) -> None:
     """Refuse a stitch ``rule`` the anchors cannot take (config ``llm.rule``), before any job: the
     depths and widths come from the folders' ``config.json`` when given (a missing one is left to
     the job that loads it), else from the family table."""
     if folders is not None:
-        configs = [Path(f) / "config.json" for f in folders if f is not None]
-        if len(configs) != len(folders) or not all(c.is_file() for c in configs):
+        shapes = _folder_configs(folders)
+        if shapes is None:
             return
-        shapes = [json.loads(c.read_text()) for c in configs]
         where = f"anchor folders {[str(f) for f in folders]}"
     else:
         shapes = [spec.config for spec in family(family_name)]
@@ -102,10 +110,9 @@ def check_folders(folders: list[str | Path]) -> None:
     """Refuse, before any job, anchor folders whose ``config.json`` say they cannot be stitched: a
     different ``vocab_size`` (no shared token space) or widths not ordered small to large. Folders
     without a ``config.json`` are left to the job that loads them (its error names the layout)."""
-    configs = [Path(f) / "config.json" for f in folders]
-    if not all(c.is_file() for c in configs):
+    shapes = _folder_configs(folders)
+    if shapes is None:
         return
-    shapes = [json.loads(c.read_text()) for c in configs]
     vocab = [c.get("vocab_size") for c in shapes]
     if len(set(vocab)) != 1:
         raise ValueError(f"config llm.anchors.folders: anchors {[str(f) for f in folders]} have different "
