@@ -4,7 +4,8 @@ The benchmarks live by topic beside this runner: ``bench/forward.py`` (stitch ta
 forward overhead of the stitched model, all stitches with prefix reuse), ``bench/training.py``
 (training step PST vs full: time, FLOPs, memory; utilisation), ``bench/checkpointing.py``
 (gradient checkpointing of the PST step: memory saved, time paid) and ``bench/peft_methods.py`` (the step of
-PST on DoRA, IA³, Adapter and AdaptFormer vs full fine-tuning: time, memory). ``bench/common.py`` holds the
+PST on DoRA, IA³, Adapter and AdaptFormer vs full fine-tuning: time, memory), ``bench/palette.py`` (switching
+stitches in a loaded palette vs one batch-32 forward). ``bench/common.py`` holds the
 benchmarked model, the timing race and the output checks; each module's docstring says what it
 measures and how.
 
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import FAMILY, NUM_CLASSES, STITCH, MismatchError, Row, Settings, check_same  # noqa: E402
 from bench.forward import bench_all_stitches, bench_forward, bench_table  # noqa: E402
+from bench.palette import bench_palette  # noqa: E402
 from bench.training import bench_training  # noqa: E402
 from esta.runtime import write_json  # noqa: E402
 from esta.vit.anchors import build_family  # noqa: E402
@@ -141,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     report(bench_forward(net, st, device, checks))
     report(bench_all_stitches(make_tunable(net, TuningConfig(mode="full")), st, device, checks))
     del net
+    report(bench_palette(st, device))
     report(bench_training(st, device))
 
     wall = time.perf_counter() - t0

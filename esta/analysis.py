@@ -1,7 +1,7 @@
 """Analyses the paper leaves open (spec §10) and the ablation/cost tables (spec §9).
 
-- ``importance_vs_accuracy``: does the training-time importance I_s that ESTA deploys by predict
-  the accuracy a stitch really has? Spearman rank correlation with selection-split accuracy.
+- Does a deployment score predict the accuracy a stitch really has? ``esta.scores.judge`` (Spearman
+  rank correlation with test accuracy) and ``selection_ablation`` (the deployed curve of each score).
 - ``gradient_cosines``: interference between stitches through the shared LoRA. For two stitches on
   the same batch, the cosine between their LoRA gradients (A and B of each module, concatenated)
   over the LoRA modules both paths use; taken on snapshots of training (``SNAPSHOT_FRACS``) of
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # the table functions run in jobs that never import torch
 
     from esta.tunable import TunableStitches
 
-__all__ = ["SNAPSHOT_FRACS", "snapshot_steps", "importance_vs_accuracy", "lora_gradients",
+__all__ = ["SNAPSHOT_FRACS", "snapshot_steps", "lora_gradients",
            "gradient_cosines", "summarize_cosines", "stored_params", "selection_ablation", "visit_counts",
            "visit_table"]
 
@@ -40,20 +40,6 @@ SNAPSHOT_FRACS = (0.1, 0.5, 1.0)
 def snapshot_steps(total_steps: int, fracs=SNAPSHOT_FRACS) -> list[int]:
     """Step counts after which a snapshot is taken: round(frac * total), at least 1, distinct."""
     return sorted({min(total_steps, max(1, round(f * total_steps))) for f in fracs})
-
-
-def importance_vs_accuracy(stats: pd.DataFrame, accuracy: pd.DataFrame) -> tuple[pd.DataFrame, float]:
-    """Join final importance (``stitch_id, importance, visits``) with measured accuracy
-    (``stitch_id, selection_accuracy``) for the stitches training visited (an unvisited stitch has
-    no importance estimate), and Spearman's rho over them (NaN-free: a constant column gives 0)."""
-    from scipy.stats import spearmanr  # a second of import time the other tables need not pay
-
-    df = stats[["stitch_id", "importance", "visits"]].merge(accuracy[["stitch_id", "selection_accuracy"]],
-                                                             on="stitch_id", validate="one_to_one")
-    seen = df[(df["visits"] > 0) & df["importance"].notna()].reset_index(drop=True)
-    if len(seen) < 3 or seen["importance"].nunique() < 2 or seen["selection_accuracy"].nunique() < 2:
-        return seen, 0.0
-    return seen, float(spearmanr(seen["importance"], seen["selection_accuracy"]).statistic)
 
 
 def _lora_params(model: TunableStitches, stitch_id: int) -> dict[str, list[torch.nn.Parameter]]:
@@ -139,20 +125,18 @@ def summarize_cosines(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return out
 
 
-def selection_ablation(stitches: pd.DataFrame, deployments: dict[str, pd.DataFrame], selection: pd.DataFrame,
-                       test: pd.DataFrame, k: int) -> pd.DataFrame:
-    """One trained ESTA model, several deployments (spec §9, `selection` ablation): the one-stage
-    deployments from importance given in ``deployments`` (e.g. as training left it, and refreshed
-    on a fixed batch) and the one an evaluate-all pass would make (best selection-split accuracy
-    per interval). Returns them as tidy deployed rows (``selection``, stitch_id, interval, reason,
-    test_accuracy + the stitch table's columns)."""
+def selection_ablation(stitches: pd.DataFrame, deployments: dict[str, pd.DataFrame], test: pd.DataFrame,
+                       k: int) -> pd.DataFrame:
+    """One trained ESTA model, several deployments (spec §9, `selection` ablation): those given in
+    ``deployments`` (one per score, ``esta.scores``) and the oracle's (best test accuracy per
+    interval: the ceiling of any selector). Returns them as tidy deployed rows (``selection``,
+    stitch_id, interval, reason, test_accuracy + the stitch table's columns)."""
     from esta.pareto import select_deployed
 
-    sel = selection.set_index("stitch_id").loc[stitches["stitch_id"], "selection_accuracy"].to_numpy()
-    deployments = dict(deployments, **{"evaluate-all": select_deployed(stitches, sel, k)})
     test_acc = test.set_index("stitch_id")["test_accuracy"]
+    oracle = select_deployed(stitches, stitches["stitch_id"].map(test_acc).to_numpy(), k)
     out = []
-    for name, d in deployments.items():
+    for name, d in dict(deployments, oracle=oracle).items():
         d = d[["stitch_id", "interval", "reason"]].merge(stitches, on="stitch_id")
         out.append(d.assign(selection=name, test_accuracy=d["stitch_id"].map(test_acc).to_numpy()))
     return pd.concat(out, ignore_index=True)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["interval_edges", "assign_intervals", "deployment_slots", "select_deployed", "pareto_front", "suite_average",
-           "with_unit", "deployed_curves", "accuracy_by_task", "accuracy_by_group", "mean_std"]
+           "with_unit", "deployed_curves", "palette_view", "accuracy_by_task", "accuracy_by_group", "mean_std"]
 
 
 def interval_edges(macs: np.ndarray | pd.Series, k: int) -> np.ndarray:
@@ -47,25 +47,31 @@ def select_deployed(
     k: int,
     eligible: pd.Series | np.ndarray | None = None,
     cost: str = "macs_nohead",
+    lower_is_better: bool = False,
 ) -> pd.DataFrame:
-    """Deploy, per FLOPs interval, the eligible stitch of highest ``score``; always the anchors.
+    """Deploy, per FLOPs interval, the eligible stitch of best ``score`` (highest, or lowest with
+    ``lower_is_better``: a loss); always the anchors.
 
     ``table`` is the stitch table (``stitch_id``, ``front``, ``end``, ``macs_nohead`` at least).
     ESTA passes importance with ``eligible = visits >= min_visits`` (one stage); SN-Net and the
     evaluate-all ablation pass selection-split accuracy with every stitch eligible. Returns one row
-    per deployed stitch: stitch_id, interval, score, reason ("interval" or "anchor"), sorted by MACs.
+    per deployed stitch: stitch_id, interval, score, reason ("interval" or "anchor"), dominated (a
+    cheaper deployed stitch scores at least as well, ``esta.scores.dominated``), sorted by MACs.
     ``cost`` is the column the intervals split (Stitched LLaMA: ``params``, spec §11).
     """
+    from esta.scores import dominated
+
     t = table.reset_index(drop=True).copy()
     t["score"] = np.asarray(score, dtype=float)
+    t["rank_score"] = -t["score"] if lower_is_better else t["score"]
     t["eligible"] = True if eligible is None else np.asarray(eligible, dtype=bool)
     t["interval"] = assign_intervals(t[cost], k)
     cand = t[t["eligible"] & t["score"].notna()]
-    best = cand.loc[cand.groupby("interval")["score"].idxmax()].assign(reason="interval")
+    best = cand.loc[cand.groupby("interval")["rank_score"].idxmax()].assign(reason="interval")
     anchors = t[(t["front"] == t["end"]) & ~t["stitch_id"].isin(best["stitch_id"])]
-    out = pd.concat([best, anchors.assign(reason="anchor")])
-    cols = ["stitch_id", "interval", "score", "reason", cost]
-    return out[cols].sort_values(cost).reset_index(drop=True)
+    out = pd.concat([best, anchors.assign(reason="anchor")]).sort_values(cost).reset_index(drop=True)
+    out["dominated"] = dominated(out[cost], out["rank_score"])
+    return out[["stitch_id", "interval", "score", "reason", "dominated", cost]]
 
 
 def pareto_front(df: pd.DataFrame, x: str = "gmacs", y: str = "accuracy") -> pd.DataFrame:
@@ -173,3 +179,22 @@ def accuracy_by_group(deployed: pd.DataFrame, groups: tuple[str, ...]) -> pd.Dat
     order = {g: i for i, g in enumerate([*groups, "mean"])}
     return out.sort_values(["group", "method"], key=lambda c: c.map(order) if c.name == "group" else c
                            ).reset_index(drop=True)
+
+
+def palette_view(runs: pd.DataFrame, stitches: pd.DataFrame) -> pd.DataFrame:
+    """The whole palette of one task: every stitch's test accuracy, mean ± std over seeds, per method,
+    with how often it was deployed and whether it is on the method's Pareto front (of the means).
+
+    ``runs`` has one row per (method, seed, stitch_id) with ``test_accuracy`` and ``deployed`` (bool);
+    ``stitches`` gives ``stitch_id, front, end, gmacs``. A dip in a deployed curve is then either the
+    selection (a better stitch of that cost was not deployed) or the stitches themselves."""
+    g = runs.groupby(["method", "stitch_id"], sort=False)
+    out = g.agg(accuracy=("test_accuracy", "mean"), accuracy_std=("test_accuracy", "std"),
+                seeds=("seed", "nunique"), deployed_share=("deployed", "mean")).reset_index()
+    out["accuracy_std"] = out["accuracy_std"].fillna(0.0)
+    out = out.merge(stitches[["stitch_id", "front", "end", "gmacs"]], on="stitch_id")
+    out["anchor"] = out["front"] == out["end"]
+    out["front_member"] = False
+    for _, part in out.groupby("method"):
+        out.loc[pareto_front(part, "gmacs", "accuracy").index, "front_member"] = True
+    return out.sort_values(["method", "gmacs"]).reset_index(drop=True)

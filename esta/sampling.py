@@ -9,16 +9,22 @@ After a uniform warm-up, stitches are drawn with
 Deployment from these statistics (``esta.pareto.select_deployed``) picks, in each of K equal FLOPs
 intervals, the stitch of highest I_s among those visited at least ``min_visits`` times; anchors are
 always deployed. No evaluation pass is needed.
+
+The sampler also keeps each stitch's training loss over its visits in the last part of training
+(``esta.scores.LossWindow``), the ``loss`` deployment score (``esta.scores``): a weighted sum and
+weight per stitch, in its state (a resumed run continues them) and in ``stats()``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
+from esta.scores import LossWindow
 from esta.tunable import TunableStitches
 
 __all__ = [
@@ -84,9 +90,10 @@ class StitchSampler:
     """Per-stitch statistics and the draw of the next stitch, with its own seeded generator."""
 
     def __init__(self, n_stitches: int, total_steps: int, cfg: SamplerConfig, seed: int = 0,
-                 groups=None):
+                 groups=None, loss_window: LossWindow | None = None):
         """``groups``: the deployment slot of every stitch (``esta.pareto.deployment_slots``);
-        required by, and only used by, kind "grouped"."""
+        required by, and only used by, kind "grouped". ``loss_window``: which visits the per-stitch
+        loss statistic averages (default ``LossWindow()``)."""
         if n_stitches < 1:
             raise ValueError(f"need at least one stitch, got {n_stitches}")
         if cfg.kind == "grouped":
@@ -104,12 +111,18 @@ class StitchSampler:
         self.total_steps = total_steps
         self.warmup_steps = int(round(cfg.warmup_frac * total_steps))
         self._m = torch.zeros(n_stitches, dtype=torch.float64)
-        self._pending: list[tuple[int, torch.Tensor]] = []  # device importances not yet in m
+        # visits whose importance / loss may still be device tensors, not yet in the statistics
+        self._pending: list[tuple[int, int, float | torch.Tensor, float | torch.Tensor | None]] = []
         self.visits = torch.zeros(n_stitches, dtype=torch.long)
         # visits that measured an importance: the bias correction counts these, and a stitch with
         # none (SN-Net's full fine-tuning has no Θ_s) keeps NaN instead of a corrected 0
         self._scored = torch.zeros(n_stitches, dtype=torch.long)
         self.last_step = torch.full((n_stitches,), -1, dtype=torch.long)
+        self.loss_window = loss_window or LossWindow()
+        self._loss_start = self.loss_window.start(total_steps)
+        self._loss_sum = torch.zeros(n_stitches, dtype=torch.float64)  # sum of weight * loss in the window
+        self._loss_weight = torch.zeros(n_stitches, dtype=torch.float64)
+        self._loss_visits = torch.zeros(n_stitches, dtype=torch.long)
         self.generator = torch.Generator().manual_seed(seed)
 
     def importance(self) -> torch.Tensor:
@@ -158,41 +171,69 @@ class StitchSampler:
         return self._m
 
     def _flush(self) -> None:
-        if self._pending:
-            sids, qs = zip(*self._pending)
-            self._pending = []
-            # one host copy for all importances recorded since the last read
-            for sid, q in zip(sids, torch.stack(qs).double().cpu().tolist()):
-                self._average(sid, q)
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        # one host copy for all device values recorded since the last read
+        dev = [v for _, _, q, loss in pending for v in (q, loss) if isinstance(v, torch.Tensor)]
+        host = iter(torch.stack([v.reshape(()).double() for v in dev]).double().cpu().tolist() if dev else [])
+
+        def value(v):
+            return next(host) if isinstance(v, torch.Tensor) else v
+
+        for sid, step, q, loss in pending:
+            q, loss = value(q), value(loss)
+            self._average(sid, q)
+            # a step without a finite loss (a batch whose targets are all masked) says nothing of the stitch
+            if loss is not None and math.isfinite(loss) and step >= self._loss_start:
+                w = 1.0 if self.loss_window.weighting == "mean" else float(step - self._loss_start + 1)
+                self._loss_sum[sid] += w * loss
+                self._loss_weight[sid] += w
+                self._loss_visits[sid] += 1
 
     def _average(self, stitch_id: int, q: float) -> None:
         if q == q:  # not NaN
             self._m[stitch_id] = self.cfg.beta * self._m[stitch_id] + (1.0 - self.cfg.beta) * q
             self._scored[stitch_id] += 1
 
-    def update(self, stitch_id: int, q: float | torch.Tensor, step: int) -> None:
-        """Record a visit of ``stitch_id`` at ``step`` with importance ``q`` (NaN: visit only).
+    def update(self, stitch_id: int, q: float | torch.Tensor, step: int,
+               loss: float | torch.Tensor | None = None) -> None:
+        """Record a visit of ``stitch_id`` at ``step`` with importance ``q`` (NaN: visit only) and,
+        when given, the step's training ``loss``.
 
-        A tensor ``q`` (``snip_importance``'s, on the training device) is kept as it is and moved
-        into ``m`` when ``m`` is next read: during a uniform phase the training loop never waits for
-        the device; after it, the draw of the next stitch reads ``m`` once per step.
+        Tensors (``snip_importance``'s and the loss, on the training device) are kept as they are and
+        moved into the statistics when these are next read: during a uniform phase the training loop
+        never waits for the device; after it, the draw of the next stitch reads ``m`` once per step.
         """
         self.visits[stitch_id] += 1
         self.last_step[stitch_id] = step
         if isinstance(q, torch.Tensor):
-            self._pending.append((stitch_id, q.detach().reshape(())))
-        else:
-            self._flush()  # earlier pending values first: the average is order dependent
-            self._average(stitch_id, q)
+            q = q.detach()
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach()
+        self._pending.append((stitch_id, step, q, loss))
+
+    def window_loss(self) -> torch.Tensor:
+        """Weighted mean training loss of each stitch over its visits in the loss window (NaN for
+        stitches without one)."""
+        self._flush()
+        out = self._loss_sum / self._loss_weight
+        out[self._loss_weight == 0] = float("nan")
+        return out
 
     def stats(self) -> pd.DataFrame:
-        """One row per stitch: visits, last_step, importance."""
+        """One row per stitch: visits, last_step, importance, and the ``loss`` score (``loss``, NaN
+        without a visit in the window; ``loss_visits``; ``loss_window``, ``loss_weighting``)."""
         return pd.DataFrame(
             dict(
                 stitch_id=np.arange(self.n),
                 visits=self.visits.numpy(),
                 last_step=self.last_step.numpy(),
                 importance=self.importance().numpy(),
+                loss=self.window_loss().numpy(),
+                loss_visits=self._loss_visits.numpy(),
+                loss_window=self.loss_window.window,
+                loss_weighting=self.loss_window.weighting,
             )
         )
 
@@ -202,6 +243,9 @@ class StitchSampler:
             scored=self._scored.clone(),
             visits=self.visits.clone(),
             last_step=self.last_step.clone(),
+            loss_sum=self._loss_sum.clone(),
+            loss_weight=self._loss_weight.clone(),
+            loss_visits=self._loss_visits.clone(),
             generator=self.generator.get_state(),
         )
 
@@ -211,6 +255,9 @@ class StitchSampler:
         self._scored.copy_(state["scored"])
         self.visits.copy_(state["visits"])
         self.last_step.copy_(state["last_step"])
+        self._loss_sum.copy_(state["loss_sum"])
+        self._loss_weight.copy_(state["loss_weight"])
+        self._loss_visits.copy_(state["loss_visits"])
         self.generator.set_state(state["generator"])
 
 

@@ -294,7 +294,7 @@ def train(
             model.reduce_grads(sid)  # data parallel: average the stitch's grads over ranks first
             theta = model.importance_params(sid)
             q = snip_importance(theta) if theta else None  # a 0-dim tensor on the device, not synced
-            sampler.update(sid, float("nan") if q is None else q, step)
+            sampler.update(sid, float("nan") if q is None else q, step, loss=loss.detach())
             lr = opt.param_groups[0]["lr"]
             opt.step()
             sched.step()

@@ -12,7 +12,7 @@ from conftest import NUM_CLASSES, make_anchors, make_images
 from torch.utils.data import TensorDataset
 
 from esta.vit.tuning import TuningConfig, make_tunable
-from esta.analysis import (gradient_cosines, importance_vs_accuracy, lora_gradients, selection_ablation,
+from esta.analysis import (gradient_cosines, lora_gradients, selection_ablation,
                            snapshot_steps, stored_params)
 from esta.pareto import accuracy_by_group, accuracy_by_task, deployed_curves
 from esta.sampling import SamplerConfig, StitchSampler
@@ -90,20 +90,6 @@ def test_zero_gradients_give_no_pair_instead_of_nan():
     assert df.empty and list(df.columns) == ["stitch_a", "stitch_b", "shared_modules", "cosine"]
 
 
-# ---- importance vs accuracy ------------------------------------------------------------------
-
-def test_spearman_of_importance_and_accuracy():
-    stats = pd.DataFrame(dict(stitch_id=range(5), importance=[0.1, 0.4, 0.2, 0.9, np.nan], visits=[3, 3, 3, 3, 0]))
-    acc = pd.DataFrame(dict(stitch_id=range(5), selection_accuracy=[0.1, 0.3, 0.2, 0.8, 0.0]))
-    df, rho = importance_vs_accuracy(stats, acc)
-    assert rho == pytest.approx(1.0)  # monotone over the visited stitches; the unvisited one is ignored
-    acc["selection_accuracy"] = [0.8, 0.2, 0.3, 0.1, 0.9]
-    assert importance_vs_accuracy(stats, acc)[1] == pytest.approx(-1.0)
-    acc["selection_accuracy"] = 0.5
-    assert importance_vs_accuracy(stats, acc)[1] == 0.0  # constant: no NaN
-    assert df["stitch_id"].tolist() == [0, 1, 2, 3]  # the unvisited stitch has no importance estimate
-
-
 # ---- stored parameters -----------------------------------------------------------------------
 
 def test_stored_params_count_only_what_the_deployed_stitches_run_through():
@@ -177,21 +163,20 @@ def test_deployed_curves_by_label_keep_each_labels_params():
     assert dict(zip(c["label"], c["trainable_params"])) == {"esta": 10, "snnet": 99}
 
 
-def test_selection_ablation_deploys_by_accuracy_and_reports_test_accuracy():
+def test_selection_ablation_adds_the_oracle_and_reports_test_accuracy():
     stitches = pd.DataFrame(dict(stitch_id=[0, 1, 2, 3], front=[0, 1, 0, 0], end=[0, 1, 1, 1],
                                  macs_nohead=[1.0, 4.0, 2.0, 2.1], gmacs=[1.0, 4.0, 2.0, 2.1]))
     importance = pd.DataFrame(dict(stitch_id=[0, 3, 1], interval=[0, 0, 1], reason=["anchor", "interval", "anchor"]))
-    sel = pd.DataFrame(dict(stitch_id=[0, 1, 2, 3], selection_accuracy=[0.1, 0.9, 0.5, 0.4]))
     test = pd.DataFrame(dict(stitch_id=[0, 1, 2, 3], test_accuracy=[0.2, 0.8, 0.6, 0.3]))
     refreshed = pd.DataFrame(dict(stitch_id=[0, 2, 1], interval=[0, 0, 1], reason=["anchor", "interval", "anchor"]))
-    out = selection_ablation(stitches, {"importance": importance, "refreshed": refreshed}, sel, test, k=2)
-    assert list(dict.fromkeys(out["selection"])) == ["importance", "refreshed", "evaluate-all"]
+    out = selection_ablation(stitches, {"importance": importance, "refreshed": refreshed}, test, k=2)
+    assert list(dict.fromkeys(out["selection"])) == ["importance", "refreshed", "oracle"]
     assert out.loc[out["selection"] == "refreshed", "test_accuracy"].tolist() == [0.2, 0.6, 0.8]
     imp = out[out["selection"] == "importance"].set_index("stitch_id")
-    ev = out[out["selection"] == "evaluate-all"].set_index("stitch_id")
+    oracle = out[out["selection"] == "oracle"].set_index("stitch_id")
     assert sorted(imp.index) == [0, 1, 3] and imp.loc[3, "test_accuracy"] == 0.3
-    # interval 0 = [1, 2.5): stitches 0, 2, 3 -> 2 is the most accurate; interval 1: stitch 1
-    assert 2 in ev.index and ev.loc[2, "test_accuracy"] == 0.6 and 0 in ev.index
+    # interval 0 = [1, 2.5): stitches 0, 2, 3 -> 2 has the best test accuracy; interval 1: stitch 1
+    assert sorted(oracle.index) == [0, 1, 2] and oracle.loc[2, "test_accuracy"] == 0.6
 
 
 # ---- snapshots -------------------------------------------------------------------------------

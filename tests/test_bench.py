@@ -26,6 +26,7 @@ BENCHMARKS = [
     "all_stitches_prefix_time",
     "stitch_flops_table_time",
     "train_mfu_cpu",
+    "palette_switch_vs_forward",
     "pst_ckpt_vs_plain_memory",
     "pst_vs_full_memory_ckpt",
     "pst_ckpt_vs_plain_step_flops",

@@ -12,9 +12,10 @@ import pytest
 from conftest import ROOT
 
 SCRIPTS = ROOT / "workflow" / "scripts"
-# jobs that only read CSV/JSON and write tables or figures (select_esta: unless importance_refresh)
+# jobs that only read CSV/JSON and write tables or figures (select_esta, llm_select: unless the score needs a forward pass)
 LIGHT = ["ablation_table", "accuracy_tables", "anchors_alone_table", "anchors_table", "deploy_by_accuracy",
-         "grad_table", "importance_table", "llm_check_anchors", "llm_pareto_table", "llm_select",
+         "grad_table", "score_tables", "llm_check_anchors", "llm_pareto_table", "llm_select", "llm_score_table",
+         "all_stitches_table",
          "merge_benchmarks", "pareto_table", "pareto_task_tables", "plot", "resolve_config", "select_esta",
          "task_metrics", "visits_table"]
 

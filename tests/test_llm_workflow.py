@@ -24,7 +24,8 @@ pytestmark = pytest.mark.workflow  # runs Snakemake for real: `-m 'not workflow'
 
 LLAMA = ROOT / "config" / "llama.yaml"
 SMOKE = ROOT / "config" / "smoke.yaml"
-TARGETS = ["results/figures/llm_pareto.pdf", "results/figures/llm_pareto.png", "results/tables/llm_lm_eval.csv"]
+TARGETS = ["results/figures/llm_pareto.pdf", "results/figures/llm_pareto.png", "results/tables/llm_lm_eval.csv",
+           "results/tables/llm_selection_scores.csv"]
 FIXTURE = ROOT / "tests" / "data" / "alpaca_tiny.json"
 
 
@@ -104,6 +105,7 @@ def test_smoke_llm_part_runs(tmp_path):
         assert alone["train"]["epochs"] == cfg["llm"]["adapt"]["epochs"] != esta["train"]["epochs"]
         assert alone["steps"] == esta["steps"] * cfg["llm"]["adapt"]["epochs"] / cfg["llm"]["train"]["epochs"]
     check_lm_eval(work / "results", cfg)
+    check_scores(work / "results", cfg)
     # llm.nproc 2: the smoke's ESTA job ran data parallel (torchrun, 2 gloo ranks); the same job in one
     # process ends at the same trainable state within 1e-5 and trains the same stitch sequence
     assert esta["nproc"] == cfg["llm"]["nproc"] == 2
@@ -129,6 +131,24 @@ def test_smoke_llm_part_runs(tmp_path):
     assert max((two[k] - single[k]).abs().max().item() for k in two) <= 1e-5
     history = [pd.read_csv(f)["stitch_id"].tolist() for f in (run / "train_log.csv", one / "train_log.csv")]
     assert history[0] == history[1]
+
+
+def check_scores(results: Path, cfg: dict) -> None:
+    """Each training-time score of the LLM pair judged against exact match; the configured score is
+    what deployed.csv was deployed by, and loss_batch measured every stitch."""
+    table = pd.read_csv(results / "tables" / "llm_selection_scores.csv")
+    assert set(table["selection"]) == {"importance", "loss", "loss_batch", "oracle"}
+    # the oracle ranks by exact match itself: 1, or 0 where the smoke's exact match is one constant
+    oracle = table.loc[table["selection"] == "oracle", "rho"]
+    assert table["rho"].between(-1, 1).all() and set(oracle) <= {0.0, 1.0} and oracle.min() >= table["rho"].max() - 1e-12
+    run = results / "llm" / "esta" / "default" / "seed0"
+    score = cfg["llm"]["deploy"]["score"]
+    deployed = pd.read_csv(run / "deployed.csv")
+    assert set(deployed["score_name"]) == {score} and "dominated" in deployed
+    assert deployed["stitch_id"].tolist() == pd.read_csv(run / f"deployed_{score}.csv")["stitch_id"].tolist()
+    batch = pd.read_csv(run / "scores_loss_batch.csv")
+    stitches = pd.read_csv(results / "tables" / "llm_stitches.csv")
+    assert len(batch) == len(stitches) and (batch["score"] > 0).all() and batch["eligible"].all()
 
 
 def check_lm_eval(results: Path, cfg: dict) -> pd.DataFrame:

@@ -6,6 +6,8 @@ import copy
 import json
 
 import pytest
+import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from conftest import NUM_CLASSES, expected_path, make_anchors, make_images, tiny_arch
@@ -156,6 +158,15 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, unint
     assert torch.equal(sampler.m, ref_sampler.m)
     assert torch.equal(sampler.visits, ref_sampler.visits)
     assert torch.equal(sampler.last_step, ref_sampler.last_step)
+    # the `loss` deployment score continues across the interruption, and is the history's window mean
+    torch.testing.assert_close(sampler.window_loss(), ref_sampler.window_loss(), equal_nan=True, rtol=0, atol=0)
+    from esta.scores import window_loss
+
+    by_history = window_loss(pd.DataFrame(ref_result.history), model.net.num_stitches, ref_result.steps,
+                             ref_sampler.loss_window)
+    stats = ref_sampler.stats()
+    assert stats["loss"].notna().sum() >= 2 and (stats["loss_visits"] == by_history["loss_visits"]).all()
+    np.testing.assert_allclose(stats["loss"], by_history["loss"], rtol=1e-6)  # float32 losses, float64 sums
     # after the warm-up the importance sampler really was in charge (not a uniform-only run)
     assert ref_sampler.warmup_steps < len(ref_result.history)
     assert not torch.allclose(ref_sampler.probs(len(ref_result.history) - 1), ref_sampler.probs(0))

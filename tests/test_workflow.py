@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -282,7 +283,8 @@ def test_ablation_tables_compare_their_variants(smoke):
     peft = {"lora": "LoRA", "dora": "DoRA", "ia3": "IA³", "adapter": "Adapter", "adaptformer": "AdaptFormer"}
     expected = {"bias": {"stitch-specific biases", "shared biases"},
                 "sampling": {f"{variant(v, 'sampler', 'kind')} sampling" for v in cfg["ablations"]["sampling"]},
-                "selection": {"importance", "importance, refreshed", "evaluate-all"},
+                "selection": {"importance", "importance, refreshed", "loss", "loss on a fixed batch",
+                              "evaluate (selection split)", "oracle"},
                 "rank": {f"r = {r}" for r in ranks},
                 "peft": {peft[variant(v, "peft", "method")] for v in cfg["ablations"]["peft"]},
                 "stages": {f"one-stage ({epochs} epochs)", f"three-stage ({epochs} epochs per stage)"}}
@@ -317,13 +319,74 @@ def test_three_stage_run_starts_from_its_adapted_anchors(smoke):
 
 
 def test_importance_vs_accuracy_table(smoke):
+    """Every stitch with a score, per deployment score, against its test accuracy."""
     cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
     t = pd.read_csv(smoke / "tables" / "importance_vs_accuracy.csv")
     stitches = pd.read_csv(smoke / "tables" / "stitches.csv")
     assert set(t["task"]) == set(cfg["tasks"])
-    assert (t["visits"] > 0).all() and set(t["stitch_id"]) <= set(stitches["stitch_id"])
-    assert not t.duplicated(["task", "seed", "stitch_id"]).any()
-    assert t["spearman"].between(-1, 1).all()
+    assert set(t["score_name"]) == {"importance", "loss", "loss_batch", "evaluate"}
+    assert set(t["stitch_id"]) <= set(stitches["stitch_id"]) and t["score"].notna().all()
+    assert not t.duplicated(["task", "seed", "selection", "stitch_id"]).any()
+    assert t["rho"].between(-1, 1).all()
+    # loss_batch and evaluate measure every stitch; the evaluate score is the selection accuracy
+    assert (t.groupby("selection")["stitch_id"].nunique()[["loss_batch", "evaluate"]] == len(stitches)).all()
+
+
+def test_selection_scores_table(smoke):
+    """Each score's rho and deployed test accuracy per task and over tasks, the oracle as the ceiling,
+    the loss window grid, and the seconds each score adds."""
+    cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    s = pd.read_csv(smoke / "tables" / "selection_scores.csv")
+    assert set(s["task"]) == {*cfg["tasks"], "mean"}
+    main = {"importance", "refreshed", "loss", "loss_batch", "evaluate", "oracle"}
+    window = cfg["deploy"]["loss"]
+    grid_row = f"loss {window['window']:g} {window['weighting']}"
+    assert main <= set(s["selection"]) and grid_row in set(s["selection"])
+    by = s.set_index(["selection", "task"])
+    oracle = by.xs("oracle", level="selection")
+    assert (oracle["rho"] == 1.0).all()
+    for sel in main:  # nobody deploys better than the oracle
+        assert (by.xs(sel, level="selection")["accuracy"] <= oracle["accuracy"] + 1e-12).all(), sel
+    assert by.loc[("evaluate", "mean"), "gap_points"] == 0.0
+    # the configured window of `loss` is one of the grid's: the same numbers from the sampler and the history
+    for col in ("accuracy", "rho"):
+        assert by.loc[("loss", "mean"), col] == pytest.approx(by.loc[(grid_row, "mean"), col])
+    assert by.loc[("evaluate", "mean"), "wall_s"] > by.loc[("loss", "mean"), "wall_s"] >= 0
+    # the selection ablation's curves are the same deployments: equal mean accuracy per score
+    curves = pd.read_csv(smoke / "tables" / "ablation_selection.csv").groupby("label")["mean_accuracy"].first()
+    labels = {"importance": "importance", "refreshed": "importance, refreshed", "loss": "loss",
+              "loss_batch": "loss on a fixed batch", "evaluate": "evaluate (selection split)", "oracle": "oracle"}
+    for sel, label in labels.items():
+        assert curves[label] == pytest.approx(by.loc[(sel, "mean"), "accuracy"]), sel
+
+
+def test_deployed_table_says_which_stitches_are_dominated(smoke):
+    d = pd.read_csv(smoke / "tables" / "deployed.csv")
+    assert d["dominated"].dtype == bool and set(d["score_name"]) >= {"evaluate"}
+    for (method, task, seed), g in d.groupby(["method", "task", "seed"]):
+        g = g.sort_values("macs_nohead")
+        for i, row in enumerate(g.itertuples()):  # dominated: a cheaper deployed stitch scores as well
+            s = -g["score"] if row.score_name in ("loss", "loss_batch") else g["score"]
+            cheaper = (g["macs_nohead"] < row.macs_nohead).to_numpy()
+            want = bool((s[cheaper] >= s.iloc[i]).any()) if np.isfinite(row.score) else False
+            assert row.dominated == want, (method, task, seed, row.stitch_id)
+
+
+def test_whole_palette_tables(smoke):
+    cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    stitches = pd.read_csv(smoke / "tables" / "stitches.csv")
+    deployed = pd.read_csv(smoke / "tables" / "deployed.csv")
+    for task in cfg["tasks"]:
+        slug = task.replace("/", "-")
+        t = pd.read_csv(smoke / "tables" / f"all_stitches_{slug}.csv")
+        assert (smoke / "figures" / f"all_stitches_{slug}.png").stat().st_size > 1000
+        for m in ("esta", "snnet"):
+            g = t[t["method"] == m]
+            assert sorted(g["stitch_id"]) == sorted(stitches["stitch_id"])  # every stitch, not only deployed
+            chosen = set(deployed[(deployed["method"] == m) & (deployed["task"] == task)]["stitch_id"])
+            assert set(g.loc[g["deployed_share"] > 0, "stitch_id"]) == chosen
+            front = g[g["front_member"]].sort_values("gmacs")
+            assert front["accuracy"].is_monotonic_increasing and g["accuracy"].max() == front["accuracy"].max()
 
 
 def test_grad_interference_table(smoke):

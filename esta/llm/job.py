@@ -28,6 +28,7 @@ from esta.llm.data import load_alpaca
 from esta.llm.tuning import trainable_by_kind
 from esta.pareto import deployment_slots
 from esta.sampling import SamplerConfig, StitchSampler
+from esta.scores import LossWindow
 from esta.tensors import save_tensors
 from esta.train import TrainConfig, clear_checkpoints, pick_device, train
 from esta.tunable import count_trainable
@@ -63,13 +64,16 @@ def run(spec: dict, world: tuple[int, int] | None = None) -> None:
         table = pd.read_csv(inp["stitches"]).set_index("stitch_id").loc[range(net.num_stitches)].reset_index()
         groups = deployment_slots(table, p["intervals"], cost="params")
     # every rank draws with the same seed: one stitch per step for all of them
-    sampler = StitchSampler(net.num_stitches, cfg.total_steps(len(data)), scfg, seed=seed, groups=groups)
+    # the visits the `loss` deployment score averages (llm.deploy.loss)
+    window = LossWindow(**p["loss_window"]) if p.get("loss_window") else LossWindow()
+    sampler = StitchSampler(net.num_stitches, cfg.total_steps(len(data)), scfg, seed=seed, groups=groups,
+                            loss_window=window)
     device = pick_device(p["device"])
     if device.type == "cuda" and size > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if size > 1:
         distributed.data_parallel(model.to(device))
-    settings = dict(rule=spec["rule"], pst=p["pst"], sampler=scfg.to_dict(), dtype=p["dtype"], anchor=spec["anchor"],
+    settings = dict(rule=spec["rule"], pst=p["pst"], sampler=scfg.to_dict(), loss_window=window.to_dict(), dtype=p["dtype"], anchor=spec["anchor"],
                     stitch_rule=p["stitch_rule"], nproc=size,
                     inputs=[runtime.file_digest(f) for f in [inp["train"], *([] if alone else [inp["stitch"]])]],
                     code=[runtime.file_digest(f) for f in inp["code"]])
@@ -77,6 +81,7 @@ def run(spec: dict, world: tuple[int, int] | None = None) -> None:
     if rank != 0:
         return
     meta = dict(rule=spec["rule"], stitch_rule=p["stitch_rule"], seed=seed, pst=p["pst"], sampler=scfg.to_dict(),
+                loss_window=window.to_dict(),
                 train=cfg.to_dict(), dtype=p["dtype"], nproc=size,
                 groups=None if groups is None else [int(g) for g in groups], provenance=runtime.provenance(device))
     save_tensors(model.trainable(), out["model"], meta)

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from esta.vit.tuning import TunableViT
 from esta.train import iterate_batches
 
-__all__ = ["evaluate", "predict"]
+__all__ = ["evaluate", "predict", "stitch_losses"]
 
 
 @torch.no_grad()
@@ -70,3 +70,26 @@ def evaluate(
     if total == 0:
         raise ValueError("evaluation split is empty")
     return {sid: correct[sid] / total for sid in ids}
+
+
+@torch.no_grad()
+def stitch_losses(model: TunableViT, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
+                  device: torch.device | str = "cpu") -> dict[int, float]:
+    """Mean cross-entropy of every stitch on the fixed examples ``(x, y)``, in eval mode (the
+    ``loss_batch`` deployment score, ``esta.scores``), with prefixes shared where parameters are."""
+    device = torch.device(device)
+    ids = list(range(model.net.num_stitches))
+    was_training = model.training
+    model.to(device).eval()
+    total = dict.fromkeys(ids, 0.0)
+    use_amp = device.type == "cuda"
+    for i in range(0, len(y), batch_size):
+        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = predict(model, xb, ids)
+        for sid, lg in logits.items():
+            total[sid] += torch.nn.functional.cross_entropy(lg.float(), yb, reduction="sum").item()
+    model.train(was_training)
+    if len(y) == 0:
+        raise ValueError("no examples for the loss_batch score")
+    return {sid: total[sid] / len(y) for sid in ids}

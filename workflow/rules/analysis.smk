@@ -74,36 +74,36 @@ rule ablation_table:
             v: method_config(v)["esta"] for v in ablation_variants(w.name)
         },
         intervals=config["deploy"]["intervals"],
-        runs=[(t, s) for t in ABL["tasks"] for s in config["seeds"]],
+        runs=SCORE_RUNS,
+        selections=SELECTIONS,
     script:
         "../scripts/ablation_table.py"
 
 
-rule importance_vs_accuracy:
-    """Final training-time importance vs selection-split accuracy per stitch, Spearman per task."""
+rule score_tables:
+    """Each deployment score against test accuracy (spec §6, §10): Spearman rho over all stitches and
+    the deployed accuracy per score and task, with the oracle and the loss window grid.
+    """
     input:
-        stats=expand(
-            f"{R}/esta/default/{{task}}/seed{{seed}}/tuning/importance.csv",
-            task=config["tasks"],
-            seed=config["seeds"],
-        ),
-        accuracy=expand(
-            f"{R}/esta/default/{{task}}/seed{{seed}}/tuning/stitch_accuracy_selection.csv",
-            task=config["tasks"],
-            seed=config["seeds"],
-        ),
+        unpack(score_inputs),
         stitches=f"{R}/tables/stitches.csv",
-        code=code("analysis"),
+        code=code("scores", "pareto"),
     output:
-        f"{R}/tables/importance_vs_accuracy.csv",
+        summary=f"{R}/tables/selection_scores.csv",
+        runs=f"{R}/tables/selection_scores_runs.csv",
+        stitches=f"{R}/tables/importance_vs_accuracy.csv",
     log:
-        f"{R}/logs/importance_vs_accuracy.log",
+        f"{R}/logs/score_tables.log",
     conda:
         "../envs/esta.yaml"
     params:
-        runs=[(t, s) for t in config["tasks"] for s in config["seeds"]],
+        runs=SCORE_RUNS,
+        selections=SELECTIONS,
+        intervals=config["deploy"]["intervals"],
+        min_visits=config["deploy"]["min_visits"],
+        bench=[score_benchmarks(t, s) for t, s in SCORE_RUNS],
     script:
-        "../scripts/importance_table.py"
+        "../scripts/score_tables.py"
 
 
 rule grad_interference:
@@ -170,7 +170,7 @@ rule plot:
     log:
         f"{R}/logs/plot/{{fig}}.log",
     wildcard_constraints:
-        fig="ablation_(?:bias|sampling|selection|rank|peft|stages)|importance_vs_accuracy|grad_interference",
+        fig="ablation_(?:bias|sampling|selection|rank|peft|stages)|importance_vs_accuracy|grad_interference|all_stitches_.+",
     conda:
         "../envs/esta.yaml"
     script:

@@ -94,9 +94,25 @@ def method_config(variant):
     return merged(base, config["variants"][variant])
 
 
+def model_config(variant):
+    """`esta` and `snnet` of a variant: what builds its models, without `deploy` (evaluating every
+    stitch does not depend on which ones are deployed)."""
+    return {k: v for k, v in method_config(variant).items() if k != "deploy"}
+
+
 def slug(task):
     """Task id as a file-name part: vtab/dtd -> vtab-dtd."""
     return re.sub(r"[^\w]", "-", task)
+
+
+def task_of(name):
+    """The configured task whose slug is `name`."""
+    tasks = {slug(t): t for t in config["tasks"]}
+    if name not in tasks:
+        raise ValueError(
+            f"no configured task has the file name {name!r}; tasks: {config['tasks']}"
+        )
+    return tasks[name]
 
 
 def dataset_entry(task):
@@ -165,9 +181,19 @@ def get_final_output():
         f"{R}/figures/pareto_{{slug}}.{{ext}}", slug=slugs, ext=["pdf", "png"]
     )
     out += expand(f"{R}/tables/pareto_{{slug}}.csv", slug=slugs)
+    out += expand(f"{R}/tables/all_stitches_{{slug}}.csv", slug=slugs)
+    out += expand(
+        f"{R}/figures/all_stitches_{{slug}}.{{ext}}", slug=slugs, ext=["pdf", "png"]
+    )
     out += expand(
         f"{R}/tables/{{name}}.csv",
-        name=["accuracy_by_task", "accuracy_by_group", "cost", "anchors_alone"],
+        name=[
+            "accuracy_by_task",
+            "accuracy_by_group",
+            "cost",
+            "anchors_alone",
+            "selection_scores",
+        ],
     )
     figures = [f"ablation_{a}" for a in ABLATIONS]
     figures += ["importance_vs_accuracy", "grad_interference", "visits"]
@@ -179,6 +205,14 @@ def get_final_output():
         task=config["tasks"],
         seed=config["seeds"],
     )
+    # what a user deploys (rules/palette.smk): one palette per run, latency and storage tables
+    out += expand(
+        f"{R}/{{method}}/default/{{task}}/palette/seed{{seed}}",
+        method=METHODS,
+        task=config["tasks"],
+        seed=config["seeds"],
+    )
+    out += [f"{R}/tables/latency.csv", f"{R}/tables/storage.csv"]
     if config["llm"]["enabled"]:  # Stitched LLaMA (rules/llm.smk)
         out += llm_targets()
     return out

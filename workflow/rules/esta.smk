@@ -77,6 +77,7 @@ rule train_esta:
         train=lambda w: method_config(w.variant)["esta"]["train"],
         sampler=lambda w: method_config(w.variant)["esta"]["sampler"],
         intervals=lambda w: method_config(w.variant)["deploy"]["intervals"],
+        loss_window=lambda w: method_config(w.variant)["deploy"]["loss"],
         img_size=config["data"]["img_size"],
         num_workers=config["data"]["num_workers"],
         normalize=config["data"]["normalize"],
@@ -89,17 +90,14 @@ rule train_esta:
 
 
 rule select_esta:
-    """One-stage deployment from training-time importance (no evaluation pass)."""
+    """One-stage deployment (spec §6): per FLOPs interval the stitch of best `deploy.score`
+    (esta.scores): importance or loss from training, loss_batch from a forward pass on fixed
+    training images, evaluate from the selection split."""
     input:
-        stats=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/importance.csv",
-        stitches=f"{R}/tables/stitches.csv",
-        anchors=anchor_files,
-        stitch=esta_stitch_init("tuning"),
-        model=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/model.safetensors",
-        data=f"{R}/data/{{task}}/manifest.json",
-        code=code("sampling", "pareto", "vit/build", "vit/data", "vit/tasks"),
+        unpack(select_inputs),
     output:
-        f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/deployed.csv",
+        deployed=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/deployed.csv",
+        scores=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/scores.csv",
     log:
         f"{R}/logs/select_esta/{{variant}}/{{task}}/seed{{seed}}.log",
     benchmark:
@@ -111,26 +109,27 @@ rule select_esta:
         torch_threads=config["threads"],
         family=FAMILY,
         deploy=lambda w: method_config(w.variant)["deploy"],
-        refresh=lambda w: method_config(w.variant)["deploy"]["importance_refresh"],
+        score=selection_score,
+        refresh=selection_refresh,
         method=lambda w: method_config(w.variant)["esta"],
         img_size=config["data"]["img_size"],
         normalize=config["data"]["normalize"],
         fgvc_interpolation=config["data"]["fgvc_interpolation"],
+        eval_batch_size=config["eval"]["batch_size"],
+        device=config["device"],
     script:
         "../scripts/select_esta.py"
 
 
 use rule select_esta as select_esta_by with:
-    """The same deployment with importance as training left it (`trained`) or refreshed on one fixed
-    training batch (`refreshed`), whatever the config says: the selection ablation compares them.
-    """
+    """The same deployment by each score, whatever the config says (`refreshed`: importance
+    recomputed on one fixed training batch): the selection ablation compares them."""
     output:
-        f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/deployed_{{how}}.csv",
+        deployed=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/deployed_{{how}}.csv",
+        scores=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/tuning/scores_{{how}}.csv",
     log:
         f"{R}/logs/select_esta/{{variant}}/{{task}}/seed{{seed}}_{{how}}.log",
     benchmark:
         f"{R}/benchmarks/select_esta/{{variant}}/{{task}}/seed{{seed}}_{{how}}.tsv"
     wildcard_constraints:
-        how="trained|refreshed",
-    params:
-        refresh=lambda w: w.how == "refreshed",
+        how="|".join(SELECTIONS),

@@ -19,7 +19,7 @@ rule evaluate_stitches:
     params:
         torch_threads=config["threads"],
         family=FAMILY,
-        method=lambda w: method_config(w.variant),
+        method=lambda w: model_config(w.variant),
         img_size=config["data"]["img_size"],
         batch_size=config["eval"]["batch_size"],
         num_workers=config["data"]["num_workers"],

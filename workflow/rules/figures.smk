@@ -88,3 +88,33 @@ rule merge_benchmarks:
         "../envs/esta.yaml"
     script:
         "../scripts/merge_benchmarks.py"
+
+
+rule all_stitches_table:
+    """One task's whole palette: every stitch's test accuracy for both methods, deployed ones marked."""
+    input:
+        test=lambda w: expand(
+            f"{R}/{{method}}/default/{task_of(w.slug)}/seed{{seed}}/tuning/stitch_accuracy_test.csv",
+            method=METHODS,
+            seed=config["seeds"],
+        ),
+        deployed=lambda w: expand(
+            f"{R}/{{method}}/default/{task_of(w.slug)}/seed{{seed}}/tuning/deployed.csv",
+            method=METHODS,
+            seed=config["seeds"],
+        ),
+        stitches=f"{R}/tables/stitches.csv",
+        code=code("pareto"),
+    output:
+        f"{R}/tables/all_stitches_{{slug}}.csv",
+    log:
+        f"{R}/logs/all_stitches_table/{{slug}}.log",
+    wildcard_constraints:
+        slug="(?:embedded|vtab|fgvc|custom)-[A-Za-z0-9_]+|cifar100",
+    conda:
+        "../envs/esta.yaml"
+    params:
+        task=lambda w: task_of(w.slug),
+        runs=[(m, s) for m in METHODS for s in config["seeds"]],
+    script:
+        "../scripts/all_stitches_table.py"

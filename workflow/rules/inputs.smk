@@ -4,7 +4,8 @@
 
 def ablation_inputs(w):
     """Per-task metrics of each compared variant; for `selection`, the default ESTA model's
-    importance deployment and its accuracy on the selection and test splits."""
+    deployment by each score (SELECTIONS) and every stitch's test accuracy (the oracle's).
+    """
     if w.name != "selection":
         return dict(
             metrics=expand(
@@ -14,15 +15,51 @@ def ablation_inputs(w):
             )
         )
     run = f"{R}/esta/default/{{task}}/seed{{seed}}/tuning"
-    kw = dict(task=ABL["tasks"], seed=config["seeds"])
+    kw = dict(task=config["tasks"], seed=config["seeds"])
+    # run-major (SCORE_RUNS order), then SELECTIONS: the script takes each run's slice
+    deployed = [
+        f"{R}/esta/default/{t}/seed{s}/tuning/deployed_{h}.csv"
+        for t, s in SCORE_RUNS
+        for h in SELECTIONS
+    ]
     return dict(
-        trained=expand(f"{run}/deployed_trained.csv", **kw),
-        refreshed=expand(f"{run}/deployed_refreshed.csv", **kw),
-        selection=expand(f"{run}/stitch_accuracy_selection.csv", **kw),
+        deployed=deployed,
         test=expand(f"{run}/stitch_accuracy_test.csv", **kw),
         stitches=f"{R}/tables/stitches.csv",
         train=expand(f"{run}/train.json", **kw),
     )
+
+
+# (task, seed) of the runs the score analyses read: every task, the default variant
+SCORE_RUNS = [(t, s) for t in config["tasks"] for s in config["seeds"]]
+
+
+def score_benchmarks(task, seed):
+    """Per selection, the benchmark files of the jobs it needs beyond training."""
+    B = f"{R}/benchmarks"
+    job = f"default/{task}/seed{seed}"
+    out = {h: [f"{B}/select_esta/{job}_{h}.tsv"] for h in SELECTIONS}
+    out["evaluate"].append(f"{B}/evaluate_stitches/esta/{job}/selection.tsv")
+    return out
+
+
+def score_inputs(w):
+    """Per run (SCORE_RUNS order, then SELECTIONS order): every score, deployment and benchmark of
+    each selection, the test accuracy of every stitch, the statistics and history of training.
+    """
+    files = dict(
+        scores=[], deployed=[], bench=[], test=[], stats=[], history=[], train=[]
+    )
+    for task, seed in SCORE_RUNS:
+        run = f"{R}/esta/default/{task}/seed{seed}/tuning"
+        files["scores"] += [f"{run}/scores_{h}.csv" for h in SELECTIONS]
+        files["deployed"] += [f"{run}/deployed_{h}.csv" for h in SELECTIONS]
+        files["bench"] += sum(score_benchmarks(task, seed).values(), [])
+        files["test"].append(f"{run}/stitch_accuracy_test.csv")
+        files["stats"].append(f"{run}/importance.csv")
+        files["history"].append(f"{run}/train_log.csv")
+        files["train"].append(f"{run}/train.json")
+    return files
 
 
 def stat_files(folder, depth=2):
@@ -184,13 +221,73 @@ def benchmark_files(variants=("default",)):
     files += expand(
         f"{B}/{{step}}/{run}.tsv", step=["select_esta", "snnet_deploy"], **kw
     )
-    files += expand(f"{B}/evaluate_stitches/snnet/{run}/selection.tsv", **kw)
+    # what each deployment score costs (score_tables): its selection job, evaluate's pass over all stitches
+    files += expand(f"{B}/select_esta/{run}_{{how}}.tsv", how=SELECTIONS, **kw)
+    files += expand(
+        f"{B}/evaluate_stitches/{{method}}/{run}/{{split}}.tsv",
+        method=METHODS,
+        split=["selection", "test"],
+        **kw,
+    )
     files += expand(
         f"{B}/{{step}}/{{method}}/{run}.tsv",
-        step=["evaluate_deployed", "export_deployed"],
+        step=["evaluate_deployed", "export_deployed", "palette", "palette_latency"],
         method=METHODS,
         **kw,
     )
     if config["llm"]["enabled"]:
         files += llm_benchmark_files()
+    return files
+
+
+# the deployments the selection ablation compares (`refreshed`: importance on one fixed batch)
+SELECTIONS = ["importance", "refreshed", "loss", "loss_batch", "evaluate"]
+
+
+def selection_score(w):
+    """The score a select_esta job deploys by: the wildcard `how` of select_esta_by, else the
+    variant's `deploy.score`."""
+    how = w.get("how")
+    if how is None:
+        return method_config(w.variant)["deploy"]["score"]
+    return "importance" if how == "refreshed" else how
+
+
+def selection_refresh(w):
+    how = w.get("how")
+    if how is None:
+        deploy = method_config(w.variant)["deploy"]
+        return deploy["score"] == "importance" and deploy["importance_refresh"]
+    return how == "refreshed"
+
+
+def select_inputs(w):
+    """What a deployment reads: the training statistics and the stitch table always; the trained
+    model and its task for a forward pass (loss_batch, refreshed importance); the selection-split
+    accuracy of every stitch for `evaluate`."""
+    run = f"{R}/esta/{w.variant}/{w.task}/seed{w.seed}/tuning"
+    score = selection_score(w)
+    files = dict(
+        stats=f"{run}/importance.csv",
+        stitches=f"{R}/tables/stitches.csv",
+        code=code("scores", "pareto"),
+    )
+    if score == "loss_batch" or selection_refresh(w):
+        files.update(
+            anchors=anchor_files(w),
+            stitch=esta_stitch_init("tuning")(w),
+            model=f"{run}/model.safetensors",
+            data=f"{R}/data/{w.task}/manifest.json",
+            code=code(
+                "scores",
+                "pareto",
+                "sampling",
+                "vit/build",
+                "vit/data",
+                "vit/tasks",
+                "vit/evaluate",
+            ),
+        )
+    if score == "evaluate":
+        files["selection"] = f"{run}/stitch_accuracy_selection.csv"
     return files

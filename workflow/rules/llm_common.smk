@@ -59,7 +59,9 @@ def llm_targets():
         f"{R}/tables/llm_pareto.csv",
         f"{R}/tables/llm_stitches.csv",
         f"{R}/tables/llm_lm_eval.csv",
+        f"{R}/tables/llm_selection_scores.csv",
     ]
+    out += expand(f"{L}/esta/default/seed{{seed}}/palette", seed=config["seeds"])
     return out + expand(f"{R}/figures/llm_pareto.{{ext}}", ext=["pdf", "png"])
 
 
@@ -76,12 +78,38 @@ def llm_benchmark_files():
     ]
     kw = dict(variant=LLM_VARIANTS, seed=config["seeds"])
     files.append(f"{B}/llm_lm_eval.tsv")
-    for step in ("llm_train_esta", "llm_evaluate", "llm_export"):
+    for step in (
+        "llm_train_esta",
+        "llm_evaluate",
+        "llm_export",
+        "llm_palette",
+        "llm_palette_latency",
+    ):
         files += expand(f"{B}/{step}/{{variant}}/seed{{seed}}.tsv", **kw)
     for step in ("llm_adapt_anchor", "llm_evaluate_anchor"):
         files += expand(
             f"{B}/{step}/seed{{seed}}/anchor{{i}}.tsv",
             seed=config["seeds"],
             i=LLM_ANCHORS,
+        )
+    return files
+
+
+def llm_select_inputs(w):
+    """What an LLM deployment reads: the training statistics and the stitch table; for `loss_batch`
+    the trained model, its tokenizer and training records too."""
+    run = f"{L}/esta/{w.variant}/seed{w.seed}"
+    files = dict(
+        stats=f"{run}/importance.csv",
+        stitches=f"{R}/tables/llm_stitches.csv",
+        code=code("scores", "pareto"),
+    )
+    if (w.get("how") or LLM["deploy"]["score"]) == "loss_batch":
+        files.update(
+            model=f"{run}/model.safetensors",
+            stitch=f"{L}/stitch_init.safetensors",
+            tokenizer=f"{L}/data/tokenizer",
+            train=f"{L}/data/train.json",
+            code=code("scores", "pareto", "llm/evaluate") + LLM_CODE,
         )
     return files

@@ -72,6 +72,7 @@ rule llm_train_esta:
         train=LLM["train"],
         sampler=LLM["sampler"],
         intervals=LLM["deploy"]["intervals"],
+        loss_window=LLM["deploy"]["loss"],
         nproc=LLM["nproc"],
         ckpt_dir=lambda w: f"{R}/.checkpoints/llm/esta/{w.variant}/seed{w.seed}",
     script:
@@ -108,21 +109,46 @@ rule llm_adapt_anchor:
 
 
 rule llm_select:
-    """One-stage deployment from training-time importance, intervals over stitch parameters."""
+    """One-stage deployment by `llm.deploy.score` (esta.scores), intervals over stitch parameters."""
     input:
-        stats=f"{L}/esta/{{variant}}/seed{{seed}}/importance.csv",
-        stitches=f"{R}/tables/llm_stitches.csv",
-        code=code("pareto"),
+        unpack(llm_select_inputs),
     output:
-        f"{L}/esta/{{variant}}/seed{{seed}}/deployed.csv",
+        deployed=f"{L}/esta/{{variant}}/seed{{seed}}/deployed.csv",
+        scores=f"{L}/esta/{{variant}}/seed{{seed}}/scores.csv",
     log:
         f"{R}/logs/llm_select/{{variant}}/seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/llm_select/{{variant}}/seed{{seed}}.tsv"
     conda:
         "../envs/esta.yaml"
+    threads: heavy_threads()
     params:
+        torch_threads=config["threads"],
         deploy=LLM["deploy"],
+        score=lambda w: w.get("how") or LLM["deploy"]["score"],
+        folders=LLM_FOLDERS,
+        dtype=LLM["dtype"],
+        stitch_rule=LLM["rule"],
+        tokenizer=LLM["tokenizer"],
+        pst=llm_pst,
+        eval_batch_size=LLM["eval"]["batch_size"],
+        device=config["device"],
     script:
         "../scripts/llm_select.py"
+
+
+use rule llm_select as llm_select_by with:
+    """The same deployment by each training-time score, whatever the config says (the score
+    table compares them)."""
+    output:
+        deployed=f"{L}/esta/{{variant}}/seed{{seed}}/deployed_{{how}}.csv",
+        scores=f"{L}/esta/{{variant}}/seed{{seed}}/scores_{{how}}.csv",
+    log:
+        f"{R}/logs/llm_select/{{variant}}/seed{{seed}}_{{how}}.log",
+    benchmark:
+        f"{R}/benchmarks/llm_select/{{variant}}/seed{{seed}}_{{how}}.tsv"
+    wildcard_constraints:
+        how="importance|loss|loss_batch",
 
 
 LLM_EVAL_PARAMS = dict(
@@ -303,3 +329,42 @@ rule plot_llm_pareto:
         "../envs/esta.yaml"
     script:
         "../scripts/plot.py"
+
+
+LLM_SELECTIONS = ["importance", "loss", "loss_batch"]
+
+
+rule llm_score_table:
+    """Each training-time score of the tiny pair against held-out exact match (spec §6, §11): rho over
+    the stitches llm_evaluate scored, and the exact match of each score's deployment."""
+    input:
+        scores=expand(
+            f"{L}/esta/default/seed{{seed}}/scores_{{how}}.csv",
+            seed=config["seeds"],
+            how=LLM_SELECTIONS,
+        ),
+        deployed=expand(
+            f"{L}/esta/default/seed{{seed}}/deployed_{{how}}.csv",
+            seed=config["seeds"],
+            how=LLM_SELECTIONS,
+        ),
+        bench=expand(
+            f"{R}/benchmarks/llm_select/default/seed{{seed}}_{{how}}.tsv",
+            seed=config["seeds"],
+            how=LLM_SELECTIONS,
+        ),
+        metrics=expand(
+            f"{L}/esta/default/seed{{seed}}/metrics.csv", seed=config["seeds"]
+        ),
+        code=code("scores"),
+    output:
+        f"{R}/tables/llm_selection_scores.csv",
+    log:
+        f"{R}/logs/llm_score_table.log",
+    conda:
+        "../envs/esta.yaml"
+    params:
+        seeds=config["seeds"],
+        selections=LLM_SELECTIONS,
+    script:
+        "../scripts/llm_score_table.py"

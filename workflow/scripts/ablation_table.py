@@ -1,8 +1,9 @@
 """One ablation of ESTA (spec §9) as deployed-stitch curves, averaged over the ablation tasks, with
 what each variant costs: `bias`, `sampling`, `rank`, `peft` (LoRA, DoRA, IA³, Adapter, AdaptFormer)
 and `stages` (one- vs three-stage PST) compare variants (each trained by the same rules); `selection` compares
-three deployments of the default model: by importance as training left it and refreshed on one fixed
-batch (both one stage), and by evaluating every stitch on the selection split."""
+the deployments of the default model by each score (esta.scores: importance as training left it and
+refreshed on one fixed batch, loss, loss on a fixed batch, selection-split evaluation) and the oracle's
+(deploy by test accuracy), on every task."""
 
 import json
 
@@ -36,11 +37,13 @@ def label(variant: str) -> str:
 
 if name == "selection":
     stitches = pd.read_csv(inp.stitches)
+    labels = {"importance": "importance", "refreshed": "importance, refreshed", "loss": "loss",
+              "loss_batch": "loss on a fixed batch", "evaluate": "evaluate (selection split)"}
     frames = []
-    for (task, seed), trained, refreshed, sel, test, train in zip(p.runs, inp.trained, inp.refreshed, inp.selection,
-                                                                 inp.test, inp.train):
-        deployments = {"importance": pd.read_csv(trained), "importance, refreshed": pd.read_csv(refreshed)}
-        d = selection_ablation(stitches, deployments, pd.read_csv(sel), pd.read_csv(test), p.intervals)
+    for i, ((task, seed), test, train) in enumerate(zip(p.runs, inp.test, inp.train)):
+        files = inp.deployed[i * len(p.selections) : (i + 1) * len(p.selections)]
+        deployments = {labels[h]: pd.read_csv(f) for h, f in zip(p.selections, files)}
+        d = selection_ablation(stitches, deployments, pd.read_csv(test), p.intervals)
         trainable = json.loads(open(train).read())["trainable_params"]
         frames.append(d.assign(task=task, seed=seed, method="esta", trainable_params=trainable))
     deployed = pd.concat(frames, ignore_index=True).rename(columns={"selection": "label"})

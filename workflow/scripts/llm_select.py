@@ -1,17 +1,45 @@
-"""ESTA's one-stage deployment for Stitched LLaMA: per interval of stitch *parameters*, the stitch of
-highest training-time importance among those visited at least `min_visits` times; anchors always."""
+"""ESTA's one-stage deployment for Stitched LLaMA (spec §6, §11): per interval of stitch *parameters*,
+the stitch of best score (``esta.scores``): training-time importance (highest) or loss (lowest)
+among those visited at least `min_visits` times, or the loss on fixed training records after
+training (`loss_batch`, a forward pass); anchors always."""
 
 import pandas as pd
 
 from esta import runtime
 from esta.pareto import select_deployed
+from esta.scores import LOWER_IS_BETTER, VISIT_SCORES
 
 log = runtime.start_job(snakemake)
-d = snakemake.params.deploy
-stitches = pd.read_csv(snakemake.input.stitches)
-stats = pd.read_csv(snakemake.input.stats).set_index("stitch_id").loc[stitches["stitch_id"]]
-deployed = select_deployed(stitches, stats["importance"].to_numpy(), d["intervals"],
-                           eligible=stats["visits"].to_numpy() >= d["min_visits"], cost="params")
+p, inp, w = snakemake.params, snakemake.input, snakemake.wildcards
+d, score_name = p.deploy, p.score
+stitches = pd.read_csv(inp.stitches)
+stats = pd.read_csv(inp.stats).set_index("stitch_id").loc[stitches["stitch_id"]]
+if score_name == "loss_batch":  # only then a model: the other selections are table jobs without torch
+    import torch
+
+    from esta.llm.build import assemble, encode, load_tokenizer, stitched
+    from esta.llm.data import load_alpaca
+    from esta.llm.evaluate import response_nll
+    from esta.train import pick_device
+
+    net, _ = stitched(p.folders, p.dtype, stitch_init=inp.stitch, rule=p.stitch_rule)
+    model = assemble(net, p.pst, inp.model).to(pick_device(p.device)).eval()
+    records = load_alpaca(inp.train)
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(int(w.seed))).tolist()
+    fixed = [records[i] for i in order[: d["loss_batch"]["examples"]]]
+    data, _ = encode(fixed, load_tokenizer(inp.tokenizer), p.tokenizer, inp.train)
+    nll = {sid: response_nll(model, data, sid, p.eval_batch_size)["nll"] for sid in stitches["stitch_id"]}
+    score = stitches["stitch_id"].map(nll).to_numpy()
+    log.info("response NLL of every stitch on %d fixed training records", len(fixed))
+else:
+    score = stats[score_name].to_numpy()
+eligible = stats["visits"].to_numpy() >= d["min_visits"] if score_name in VISIT_SCORES else None
+deployed = select_deployed(stitches, score, d["intervals"], eligible=eligible, cost="params",
+                           lower_is_better=score_name in LOWER_IS_BETTER)
+deployed["score_name"] = score_name
 deployed["visits"] = stats.loc[deployed["stitch_id"], "visits"].to_numpy()
-log.info("deployed %d stitches: %s", len(deployed), deployed["stitch_id"].tolist())
-runtime.write_csv(deployed, snakemake.output[0])
+log.info("deployed %d stitches by %s: %s", len(deployed), score_name, deployed["stitch_id"].tolist())
+runtime.write_csv(deployed, snakemake.output.deployed)
+# every stitch's score (the deployed ones and the rest): the score analyses rank all of them
+runtime.write_csv(pd.DataFrame(dict(stitch_id=stitches["stitch_id"], score_name=score_name, score=score,
+                                    eligible=True if eligible is None else eligible)), snakemake.output.scores)

@@ -12,7 +12,7 @@ log = runtime.start_job(snakemake)
 w, p = snakemake.wildcards, snakemake.params
 params = {k: getattr(p, k) for k in ("folders", "dtype", "stitch_rule", "tokenizer", "device", "checkpoint_every_s", "pst",
                             "train", "ckpt_dir")}
-params.update(sampler=p.get("sampler"), intervals=p.get("intervals"))
+params.update(sampler=p.get("sampler"), intervals=p.get("intervals"), loss_window=p.get("loss_window"))
 spec = dict(rule=snakemake.rule, seed=int(w.seed), anchor=w.get("i"), nproc=p.nproc, params=params,
             input={k: v for k, v in snakemake.input.items()}, output={k: v for k, v in snakemake.output.items()})
 log.info("%s seed %s: %d process(es)", snakemake.rule, w.seed, p.nproc)

@@ -124,22 +124,43 @@ elif name.startswith("ablation_"):
         fig.set_size_inches(6.5, 5.6)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=7)
     ax.set_title(f"Ablation: {name.removeprefix('ablation_')} ({plural(df['n_tasks'].max(), 'task')}, ESTA)")
-elif name == "importance_vs_accuracy":
+elif name == "importance_vs_accuracy":  # every deployment score against test accuracy, per task
     tasks = list(dict.fromkeys(df["task"]))
-    cols = min(3, len(tasks))
-    rows = -(-len(tasks) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), squeeze=False)
-    for ax, task in zip(axes.flat, tasks):
-        g = df[df["task"] == task]
-        sns.scatterplot(data=g, x="importance", y=100 * g["selection_accuracy"], hue="anchor", style="seed",
-                        palette={True: "C1", False: "C0"}, ax=ax, s=25, legend=ax is axes.flat[0])
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: no overlap
-        ax.set_title(f"{task}: Spearman ρ = {g['spearman'].mean():.2f}")
-        ax.set_xlabel("final importance $I_s$")
-        ax.set_ylabel("selection accuracy (%)")
-    for ax in axes.flat[len(tasks):]:
-        ax.set_visible(False)
+    scores = [s for s in ("importance", "loss", "loss_batch", "evaluate") if s in set(df["score_name"])]
+    xlabel = {"importance": "final importance $I_s$", "loss": "training loss, end of training",
+              "loss_batch": "loss on a fixed training batch", "evaluate": "selection-split accuracy"}
+    fig, axes = plt.subplots(len(scores), len(tasks), figsize=(3.3 * len(tasks), 2.9 * len(scores)), squeeze=False)
+    for row, score in zip(axes, scores):
+        for ax, task in zip(row, tasks):
+            g = df[(df["task"] == task) & (df["score_name"] == score)]
+            sns.scatterplot(x=g["score"], y=100 * g["test_accuracy"], hue=g["anchor"], style=g["seed"],
+                            palette={True: "C1", False: "C0"}, ax=ax, s=18, legend=ax is axes.flat[0])
+            if score == "importance":
+                ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: no overlap
+            ax.set_title(f"{task.split('/')[-1]}: ρ = {g.groupby('seed')['rho'].first().mean():.2f}", fontsize=8)
+            ax.set_xlabel(xlabel[score], fontsize=7)
+            ax.set_ylabel("test accuracy (%)", fontsize=7)
+    fig.suptitle("Deployment scores against test accuracy (ρ: Spearman, oriented so that > 0 ranks well)")
+elif name.startswith("all_stitches_"):  # the whole palette of one task, both methods
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for m, g in df.groupby("method", sort=False):
+        color = COLOR.get(m, "C0")
+        ax.errorbar(g["gmacs"], 100 * g["accuracy"], yerr=100 * g["accuracy_std"], fmt="o", ms=3.5, alpha=0.45,
+                    color=color, lw=0.6, label=f"{LABEL.get(m, m)}: every stitch")
+        d = g[g["deployed_share"] > 0]
+        ax.scatter(d["gmacs"], 100 * d["accuracy"], s=20 + 50 * d["deployed_share"], facecolor="none",
+                   edgecolor=color, linewidths=1.3, label=f"{LABEL.get(m, m)}: deployed (size: share of seeds)")
+        front = g[g["front_member"]].sort_values("gmacs")
+        ax.step(front["gmacs"], 100 * front["accuracy"], where="post", color=color, lw=1.2,
+                label=f"{LABEL.get(m, m)}: Pareto front")
+        a = g[g["anchor"]]
+        ax.scatter(a["gmacs"], 100 * a["accuracy"], marker="*", s=140, color=color, edgecolor="black",
+                   linewidths=0.6, zorder=5)
+    ax.set_xlabel("FLOPs (GMACs)")
+    ax.set_ylabel("Top-1 test accuracy (%)")
+    ax.set_title(f"{df['task'].iloc[0]}: every stitch ({plural(df['seeds'].max(), 'seed')}, mean ± std)")
+    ax.legend(loc="lower right", fontsize=6)
 elif name == "grad_interference":
     fig, ax = plt.subplots(figsize=(5.5, 4))
     d = df.assign(progress=(100 * df["frac"]).round().astype(int).astype(str) + " %",

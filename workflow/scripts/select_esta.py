@@ -1,22 +1,27 @@
-"""ESTA's one-stage deployment: per FLOPs interval, the stitch of highest training-time importance
-among those visited at least `min_visits` times; anchors always (spec §6). No evaluation pass.
-With `refresh`, importance is first recomputed for every stitch on one fixed training batch."""
+"""ESTA's one-stage deployment (spec §6): per FLOPs interval the stitch with the best score
+(``esta.scores``): training-time importance (highest) or loss (lowest) among the stitches visited at
+least `min_visits` times, the loss on fixed training examples after training (`loss_batch`, a
+forward pass), or selection-split accuracy (`evaluate`); anchors always. With `refresh`, importance
+is first recomputed for every stitch on one fixed training batch."""
 
 import pandas as pd
 
 from esta import runtime
 from esta.pareto import select_deployed
+from esta.scores import LOWER_IS_BETTER, VISIT_SCORES
 
 log = runtime.start_job(snakemake)
-p, inp = snakemake.params, snakemake.input
+p, inp, w = snakemake.params, snakemake.input, snakemake.wildcards
 stitches = pd.read_csv(inp.stitches)
 stats = pd.read_csv(inp.stats).set_index("stitch_id").loc[stitches["stitch_id"]]
-d = p.deploy
-score = stats["importance"].to_numpy()
-if p.refresh:  # only then a model: the plain selection is a table job and starts without torch
-    from esta.sampling import refresh_importance
+d, score_name = p.deploy, p.score
+
+
+def model_and_training_data():
+    """The trained model and its tuning-mode training split, un-augmented (only these scores need
+    torch: the other selections are table jobs)."""
     from esta.vit.anchors import family_at
-    from esta.vit.build import assemble, fixed_batch, open_task, read_manifest, tuning_config
+    from esta.vit.build import assemble, open_task, read_manifest, tuning_config
     from esta.vit.data import mode_splits
 
     manifest = read_manifest(inp.data)
@@ -24,11 +29,39 @@ if p.refresh:  # only then a model: the plain selection is a table job and start
                      tuning_config("esta", p.method), state_file=inp.model, task=manifest["task"])
     data = open_task(manifest, mode_splits(manifest["task"], "tuning")[0], p.img_size, augment=False,
                      normalize=p.normalize, family=p.family, fgvc_interpolation=p.fgvc_interpolation, lazy=True)
-    x, y = fixed_batch(data, p.method["train"]["batch_size"], int(snakemake.wildcards.seed))
+    return model, data
+
+
+if score_name == "importance" and p.refresh:
+    from esta.sampling import refresh_importance
+    from esta.vit.build import fixed_batch
+
+    model, data = model_and_training_data()
+    x, y = fixed_batch(data, p.method["train"]["batch_size"], int(w.seed))
     score = refresh_importance(model, (x, y))
     log.info("importance refreshed on a fixed batch of %d training images", len(y))
-deployed = select_deployed(stitches, score, d["intervals"], eligible=stats["visits"].to_numpy() >= d["min_visits"])
+elif score_name in ("importance", "loss"):
+    score = stats[score_name].to_numpy()
+elif score_name == "loss_batch":
+    from esta.train import pick_device
+    from esta.vit.build import fixed_batch
+    from esta.vit.evaluate import stitch_losses
+
+    model, data = model_and_training_data()
+    x, y = fixed_batch(data, d["loss_batch"]["examples"], int(w.seed))
+    losses = stitch_losses(model, x, y, batch_size=p.eval_batch_size, device=pick_device(p.device))
+    score = stitches["stitch_id"].map(losses).to_numpy()
+    log.info("loss of every stitch on %d fixed training images", len(y))
+else:  # evaluate: SN-Net's evaluation pass on the selection split
+    score = pd.read_csv(inp.selection).set_index("stitch_id").loc[stitches["stitch_id"], "selection_accuracy"].to_numpy()
+eligible = stats["visits"].to_numpy() >= d["min_visits"] if score_name in VISIT_SCORES else None
+deployed = select_deployed(stitches, score, d["intervals"], eligible=eligible, lower_is_better=score_name in LOWER_IS_BETTER)
+deployed["score_name"] = score_name
 deployed["visits"] = stats.loc[deployed["stitch_id"], "visits"].to_numpy()
-deployed["importance_refresh"] = p.refresh
-log.info("deployed %d stitches: %s", len(deployed), deployed["stitch_id"].tolist())
-runtime.write_csv(deployed, snakemake.output[0])
+deployed["importance_refresh"] = bool(p.refresh)
+log.info("deployed %d stitches by %s: %s (dominated: %s)", len(deployed), score_name, deployed["stitch_id"].tolist(),
+         deployed.loc[deployed["dominated"], "stitch_id"].tolist())
+runtime.write_csv(deployed, snakemake.output.deployed)
+# every stitch's score (the deployed ones and the rest): the score analyses rank all of them
+runtime.write_csv(pd.DataFrame(dict(stitch_id=stitches["stitch_id"], score_name=score_name, score=score,
+                                    eligible=True if eligible is None else eligible)), snakemake.output.scores)

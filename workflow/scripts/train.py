@@ -15,6 +15,7 @@ from esta.vit.anchors import family_at
 from esta.vit.data import describe_transform, mode_splits
 from esta.pareto import deployment_slots
 from esta.sampling import SamplerConfig, StitchSampler
+from esta.scores import LossWindow
 from esta.train import TrainConfig, clear_checkpoints, pick_device, train
 from esta.vit.stages import start_from_adapted
 from esta.tunable import count_trainable
@@ -48,11 +49,14 @@ groups = None
 if scfg.kind == "grouped":  # the deployment slots: FLOPs intervals (head-free MACs) and the anchors
     table = pd.read_csv(inp.stitches).set_index("stitch_id").loc[range(model.net.num_stitches)]
     groups = deployment_slots(table, p.intervals)
-sampler = StitchSampler(model.net.num_stitches, cfg.total_steps(len(data)), scfg, seed=seed, groups=groups)
+# the visits the `loss` deployment score averages (deploy.loss; SN-Net's stitch step keeps the default)
+window = LossWindow(**p.loss_window) if p.get("loss_window") else LossWindow()
+sampler = StitchSampler(model.net.num_stitches, cfg.total_steps(len(data)), scfg, seed=seed, groups=groups,
+                        loss_window=window)
 n_trainable = count_trainable(model)
 log.info("%s on %s (%s): %d stitches, %d trainable parameters", method, w.task, w.mode,
          model.net.num_stitches, n_trainable)
-settings = dict(method=method, tuning=acfg.to_dict(), sampler=scfg.to_dict(), task=w.task, mode=w.mode,
+settings = dict(method=method, tuning=acfg.to_dict(), sampler=scfg.to_dict(), loss_window=window.to_dict(), task=w.task, mode=w.mode,
                 stages=stages.get("stages"),
                 inputs=[runtime.file_digest(f) for f in [inp.stitch, *inp.anchors, *inp.get("adapted", [])]],
                 code=[runtime.file_digest(f) for f in inp.code], data=data_key(manifest), transform=transform)
@@ -61,6 +65,7 @@ snap = snapshot_steps(sampler.total_steps) if "snapshots" in out.keys() else []
 result = train(model, data, cfg, sampler, p.ckpt_dir, settings=settings, device=device, snapshot_at=snap)
 
 meta = dict(method=method, task=w.task, seed=seed, mode=w.mode, tuning=acfg.to_dict(), sampler=scfg.to_dict(),
+            loss_window=window.to_dict(),
             train=cfg.to_dict(), transform=transform, provenance=runtime.provenance(device), **stages)
 save_tensors(model.trainable(), out.model, meta)
 if snap:

@@ -1,0 +1,182 @@
+"""The ViT family's part of the palette (spec §12; ``esta.palette`` is the family-agnostic part).
+
+What a ViT palette stores is what the trained ``TunableViT`` holds beyond the shared pretrained anchors:
+its trainable tensors (PST: shared LoRA / DoRA / IA³ / adapters, stitch biases, heads; SN-Net: every
+anchor, head and stitching layer) and the stitching layers, which PST keeps frozen but which least
+squares fitted on the task's own images. Loading rebuilds the model as the workflow's ``assemble``
+does and copies those tensors in, so a palette stitch computes exactly what the trained model does.
+Images go through the task's own eval transform (spec §8), recorded in the palette.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from esta.palette import PaletteError, anchor_record, write_palette
+from esta.tensors import copy_into, load_tensors_file
+from esta.vit.anchors import AnchorSpec, family
+from esta.vit.build import anchor_arch, assemble
+from esta.vit.tuning import TunableViT, TuningConfig, is_adapter_param
+
+__all__ = ["task_tensors", "family_record", "transform_record", "write", "load_model", "forward", "predict",
+           "export", "paper_storage"]
+
+
+def task_tensors(model: TunableViT) -> dict[str, torch.Tensor]:
+    """The task-specific tensors of a trained model by parameter name: everything that trains, plus
+    the stitching layers' own weights and biases (LS-fitted on the task; frozen under PST)."""
+    out = dict(model.trainable())
+    for name, p in model.named_parameters():
+        if name.startswith("net.stitch_layers.") and not is_adapter_param(name):
+            out.setdefault(name, p)
+    return {k: v.detach() for k, v in out.items()}
+
+
+def family_record(fam: str | tuple[AnchorSpec, ...]) -> str | list[dict]:
+    """A family as JSON: its name (``embedded``, ``vit-ti-s-b@32``) or its rows (a timm family)."""
+    return fam if isinstance(fam, str) else [asdict(s) for s in fam]
+
+
+def _family(rec: str | list[dict]) -> str | tuple[AnchorSpec, ...]:
+    return rec if isinstance(rec, str) else tuple(AnchorSpec(**r) for r in rec)
+
+
+def transform_record(task: str, manifest: dict, img_size: int, described: dict) -> dict:
+    """The task's eval transform: ``kind`` (``vtab``: resize; ``fgvc``: resize + centre crop), the
+    image size and ``described`` (``esta.vit.data.describe_transform``: normalisation, interpolation)."""
+    from esta.vit.tasks import TASKS
+
+    fgvc = TASKS[task].suite == "fgvc" if task in TASKS else manifest.get("transform") == "fgvc"
+    return dict(kind="fgvc" if fgvc else "vtab", img_size=img_size, **described)
+
+
+def write(out: str | Path, model: TunableViT, table: pd.DataFrame, *, fam, method: str, tuning: TuningConfig,
+          manifest: dict, transform: dict, anchor_files: list[str | Path], settings: dict) -> Path:
+    """Write the palette folder of a trained model. ``anchor_files``: the pretrained anchors the
+    palette needs (ESTA); none for SN-Net, whose palette holds its own fine-tuned anchors.
+    ``settings``: what else to record (variant, task, seed, training metadata, ...)."""
+    out = Path(out)
+    names = [s.name for s in family(fam)]
+    records = [anchor_record(n, f, out) for n, f in zip(names, anchor_files)] if anchor_files else []
+    classes = manifest.get("classes") or [str(i) for i in range(manifest["num_classes"])]
+    meta = dict(kind="vit", method=method, family=family_record(fam), num_classes=manifest["num_classes"],
+                classes=classes, transform=transform, tuning=tuning.to_dict(), anchors=records, **settings)
+    return write_palette(out, task_tensors(model), meta, table)
+
+
+def load_model(folder: Path, meta: dict, anchors: list[Path], device: str = "cpu") -> TunableViT:
+    """The trained model of a palette: anchors (pretrained files for PST, none for SN-Net) -> stitched
+    -> the same trainable set -> the palette's tensors copied in."""
+    from esta.palette import TENSORS
+
+    fam, cfg = _family(meta["family"]), TuningConfig(**meta["tuning"])
+    files = anchors or [None] * len(family(fam))
+    model = assemble(fam, meta["num_classes"], files, None, cfg)
+    tensors, _ = load_tensors_file(folder / TENSORS)
+    copy_into(task_tensors_params(model), tensors, folder / TENSORS, f"the {meta['method']} model of family {fam}")
+    return model.to(device)
+
+
+def task_tensors_params(model: TunableViT) -> dict[str, torch.nn.Parameter]:
+    """``task_tensors`` as the model's own parameters (to load into)."""
+    params = dict(model.named_parameters())
+    return {k: params[k] for k in task_tensors(model)}
+
+
+def forward(model: TunableViT, stitch_id: int, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x.to(next(model.parameters()).device), stitch_id)
+
+
+def eval_transform_of(meta: dict):
+    """The torchvision transform a palette's images go through (the task's eval transform)."""
+    from esta.vit.data import eval_transform, fgvc_transform
+
+    t = meta["transform"]
+    mean_std = (tuple(t["mean"]), tuple(t["std"]))
+    if t["kind"] == "fgvc":
+        return fgvc_transform(t["img_size"], train=False, mean_std=mean_std, interpolation=t["fgvc_interpolation"])
+    return eval_transform(t["img_size"], mean_std=mean_std)
+
+
+def _images(images) -> list[tuple[str, object]]:
+    """(label, PIL image) per input: a path (read as RGB), a PIL image, or an image tensor (3, H, W)
+    / a batch (B, 3, H, W), float in [0, 1] or uint8."""
+    from PIL import Image
+    from torchvision.transforms.functional import to_pil_image
+
+    from esta.vit.data.files import load_rgb
+
+    if isinstance(images, torch.Tensor | str | os.PathLike | Image.Image):
+        images = list(images) if isinstance(images, torch.Tensor) and images.dim() == 4 else [images]
+    out = []
+    for i, item in enumerate(images):
+        if isinstance(item, str | os.PathLike):
+            try:
+                out.append((str(item), load_rgb(Path(item))))
+            except OSError as err:
+                raise PaletteError(f"unreadable image {item}: {err.__cause__ or err}") from err
+        elif isinstance(item, Image.Image):
+            out.append((f"<image {i}>", item.convert("RGB")))
+        elif isinstance(item, torch.Tensor) and item.dim() == 3 and item.shape[0] == 3:
+            out.append((f"<tensor {i}>", to_pil_image(item)))
+        else:
+            raise PaletteError(f"input {i} is not an image path, PIL image or (3, H, W) tensor: {type(item).__name__}")
+    return out
+
+
+def predict(palette, images, batch_size: int = 32) -> pd.DataFrame:
+    """Top-1 class and its softmax probability per image, through the task's eval transform."""
+    items = _images(images)
+    transform = eval_transform_of(palette.meta)
+    classes = palette.meta["classes"]
+    rows = []
+    for i in range(0, len(items), batch_size):
+        chunk = items[i : i + batch_size]
+        x = torch.stack([transform(im) for _, im in chunk])  # (B, 3, S, S)
+        prob = forward(palette.model, palette.stitch_id, x).float().softmax(-1)
+        p, idx = prob.max(-1)
+        rows += [dict(image=name, class_index=int(c), **{"class": classes[int(c)]}, probability=float(q),
+                      stitch_id=palette.stitch_id) for (name, _), c, q in zip(chunk, idx, p)]
+    return pd.DataFrame(rows, columns=["image", "class_index", "class", "probability", "stitch_id"])
+
+
+def export(palette, stitch_id: int, out_dir: Path) -> Path:
+    """``esta.vit.export.export_stitch`` of one palette stitch: the files ``export_deployed`` writes."""
+    from esta.vit.export import export_stitch
+
+    meta = palette.meta
+    row = palette.table.set_index("stitch_id").loc[stitch_id]
+    prov = dict(method=meta["method"], variant=meta.get("variant"), task=meta.get("task"), seed=meta.get("seed"),
+                trained_in=meta.get("trained_in"), test_accuracy=row["test_accuracy"], transform=meta["transform"],
+                training=meta.get("training", {}), palette=str(palette.path))
+    return export_stitch(palette.model, stitch_id, out_dir, anchor_arch(_family(meta["family"])), prov)
+
+
+def paper_storage(family_name: str = "vit-ti-s-b", num_classes: int = 100, rank: int = 8) -> pd.DataFrame:
+    """Storage of one task at a family's shape, counted on the meta device (no weights): per method,
+    the trainable parameters, the palette's parameters (``task_tensors``: PST adds the LS-fitted
+    stitching layers to what trains), the shared pretrained anchors ESTA needs (without heads; SN-Net
+    needs none) and the mean standalone export of one stitch; bytes at fp32."""
+    from esta.vit.info import meta_stitched, stitch_table
+
+    stitches = stitch_table(family_name, num_classes)
+    rows = []
+    for method, cfg in (("esta", TuningConfig(rank=rank)), ("snnet", TuningConfig(mode="full"))):
+        model = meta_stitched(family_name, num_classes, cfg)
+        palette = sum(t.numel() for t in task_tensors(model).values())
+        anchors = 0
+        if method == "esta":
+            anchors = sum(p.numel() for a in model.net.anchors for n, p in a.named_parameters()
+                          if not n.startswith("head.") and not is_adapter_param(n))
+        rows.append(dict(method=method, family=family_name, num_classes=num_classes, rank=rank,
+                         trainable_params=sum(p.numel() for p in model.trainable().values()),
+                         palette_params=palette, palette_bytes=4 * palette, anchors_params=anchors,
+                         anchors_bytes=4 * anchors, export_bytes_per_stitch=4 * stitches["params"].mean(),
+                         n_stitches=len(stitches)))
+    return pd.DataFrame(rows)

@@ -1,0 +1,380 @@
+"""The ViT palette (spec §12, issue 24): the folder holds the task tensors only, loads in a fresh
+process into a model whose every stitch gives the trained model's logits and whose exports equal the
+workflow's, switching stitches touches no weight, predict applies the task's transform, and the CLI
+names every bad input. Tiny three-anchor family (tests/conftest.py), PST and SN-Net's full tuning."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import IMG, NUM_CLASSES, ROOT, make_anchors, make_images, tiny_arch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from esta.__main__ import main
+from esta.llm.build import assemble as assemble_llm
+from esta.llm.build import stitched
+from esta.palette import TENSORS, Palette, PaletteError, choose, stitch_table
+from esta.tensors import save_tensors
+from esta.vit.anchors import AnchorSpec
+from esta.vit.build import anchor_arch, assemble
+from esta.vit.data import describe_transform, eval_transform
+from esta.vit.data.files import load_rgb
+from esta.vit.export import export_stitch, load_stitch
+from esta.vit.info import stitch_table as family_table
+from esta.vit.palette import task_tensors, transform_record, write
+from esta.vit.tuning import TuningConfig
+
+SPECS = tuple(AnchorSpec(f"T{i}", a["timm_name"], a["kwargs"], NUM_CLASSES) for i, a in enumerate(tiny_arch()))
+DEPLOYED = [0, 1, 2, 7, 15, 20]
+DOMINATED = {15}  # the run says a cheaper deployed stitch scores as well
+CLASSES = [f"class_{c}" for c in "abcde"]
+
+
+def trained(method: str, files: list) -> torch.nn.Module:
+    """A model of the tiny family as after training: every task tensor (LoRA B, stitch biases, heads,
+    stitching layers; SN-Net: everything) perturbed, so no tensor can be skipped unnoticed."""
+    cfg = TuningConfig(rank=2) if method == "esta" else TuningConfig(mode="full")
+    torch.manual_seed(0)
+    model = assemble(SPECS, NUM_CLASSES, files, None, cfg)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for t in task_tensors(model).values():
+            t.add_(0.05 * torch.randn(t.shape, generator=g))
+    return model.eval()
+
+
+def table() -> pd.DataFrame:
+    stitches = family_table(SPECS, NUM_CLASSES)
+    dep = pd.DataFrame(dict(stitch_id=DEPLOYED, interval=range(len(DEPLOYED)), score=np.linspace(1, 2, len(DEPLOYED)),
+                            reason="interval", dominated=[s in DOMINATED for s in DEPLOYED]))
+    latency = pd.DataFrame([dict(stitch_id=s, batch=b, median_ms=float(s + 1) * b) for s in DEPLOYED for b in (1, 32)])
+    test = pd.DataFrame(dict(stitch_id=stitches["stitch_id"], test_accuracy=np.linspace(0, 1, len(stitches))))
+    return stitch_table(stitches, dep, latency, test)
+
+
+@pytest.fixture(scope="module")
+def palettes(tmp_path_factory):
+    """ESTA and SN-Net palettes of the tiny family, their trained models and the anchor files."""
+    root = tmp_path_factory.mktemp("palettes")
+    files = []
+    for i, vit in enumerate(make_anchors()):
+        files.append(root / f"anchor{i}.safetensors")
+        save_tensors(vit.state_dict(), files[-1], dict(num_classes=NUM_CLASSES))
+    out = {}
+    for method in ("esta", "snnet"):
+        model = trained(method, files)
+        manifest = dict(num_classes=NUM_CLASSES, classes=CLASSES)
+        folder = write(root / method / "palette", model, table(), fam=SPECS, method=method, tuning=model.cfg,
+                       manifest=manifest,
+                       transform=transform_record("embedded/digits", manifest, IMG, describe_transform()),
+                       anchor_files=files if method == "esta" else [],
+                       settings=dict(variant="default", task="embedded/digits", seed=0, trained_in="tuning"))
+        out[method] = (folder, model)
+    return out, files
+
+
+CHILD = textwrap.dedent("""
+    import sys, torch
+    from safetensors.torch import save_file
+    from esta import Palette
+    torch.set_num_threads(1)
+    folder, images, out, export_dir = sys.argv[1:5]
+    x = torch.load(images, weights_only=True)
+    palette = Palette.load(folder)
+    logits = {}
+    for sid in palette.table["stitch_id"]:
+        logits[str(sid)] = palette.select(stitch_id=int(sid))(x)
+    save_file(logits, out)
+    for sid in palette.table.loc[palette.table["deployed"], "stitch_id"]:
+        palette.export(int(sid), export_dir)
+""")
+
+
+@pytest.mark.parametrize("method", ["esta", "snnet"])
+def test_every_stitch_after_a_fresh_load_equals_the_trained_model_and_the_export(palettes, method, tmp_path):
+    (folders, _) = palettes
+    folder, model = folders[method]
+    x = make_images(4)
+    torch.save(x, tmp_path / "x.pt")
+    cmd = [sys.executable, "-c", CHILD, str(folder), str(tmp_path / "x.pt"), str(tmp_path / "out.safetensors"),
+           str(tmp_path / "export")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = load_file(tmp_path / "out.safetensors")
+    assert len(got) == model.net.num_stitches == 23
+    with torch.no_grad():
+        for sid in range(model.net.num_stitches):
+            ref = model(x, sid)
+            assert (got[str(sid)] - ref).abs().max() <= 1e-5, sid
+        for sid in DEPLOYED:  # the palette's export is the workflow's export, tensor for tensor
+            mine = load_file(tmp_path / "export" / f"stitch_{sid:03d}.safetensors")
+            theirs = export_stitch(model, sid, tmp_path / "workflow", anchor_arch(SPECS))
+            assert mine.keys() == load_file(theirs.with_suffix(".safetensors")).keys()
+            for k, v in load_file(theirs.with_suffix(".safetensors")).items():
+                assert torch.equal(mine[k], v), (sid, k)
+            assert (load_stitch(tmp_path / "export" / f"stitch_{sid:03d}.json")(x) - model(x, sid)).abs().max() <= 1e-5
+        # without the palette's tensors the logits would be far off: the copy is what makes them equal
+        untrained = assemble(SPECS, NUM_CLASSES, palettes[1], None, model.cfg).eval()
+        assert (untrained(x, 3) - model(x, 3)).abs().max() > 1e-2
+
+
+def test_the_palette_holds_the_task_tensors_only(palettes):
+    (folders, files) = palettes
+    esta = load_file(folders["esta"][0] / TENSORS)
+    snnet = load_file(folders["snnet"][0] / TENSORS)
+    model = folders["esta"][1]
+    frozen_anchor = [n for n, p in model.named_parameters() if n.startswith("net.anchors.") and not p.requires_grad]
+    assert frozen_anchor and not set(frozen_anchor) & set(esta)  # the pretrained anchors are not copied
+    assert {k for k in esta if k.startswith("net.stitch_layers.") and "lora_" not in k}  # LS-fitted layers are
+    assert any(k.startswith("biases.") for k in esta) and any("lora_B" in k for k in esta)
+    assert set(snnet) == {n for n, _ in folders["snnet"][1].named_parameters()}  # SN-Net: everything
+    assert sum(v.numel() for v in esta.values()) < sum(v.numel() for v in snnet.values()) / 2
+
+
+def test_select_switches_the_stitch_without_touching_a_weight(palettes):
+    palette = Palette.load(palettes[0]["esta"][0])
+    before = {k: (v.data_ptr(), v.clone()) for k, v in palette.model.state_dict().items()}
+    x = make_images(2)
+    a = palette.select(stitch_id=3)(x)
+    for sid in range(23):
+        palette.select(stitch_id=sid)
+    assert palette.select(stitch_id=3).stitch_id == 3 and torch.equal(palette(x), a)
+    after = palette.model.state_dict()
+    assert before.keys() == after.keys()
+    for k, (ptr, v) in before.items():
+        assert after[k].data_ptr() == ptr and torch.equal(after[k], v), k
+
+
+def test_choose_picks_the_most_expensive_undominated_deployed_stitch_within_budget():
+    t = table()
+    dep = t[t["deployed"]].sort_values("gmacs")
+    assert choose(t) == int(dep[~dep["stitch_id"].isin(DOMINATED)].iloc[-1]["stitch_id"])
+    for _, row in dep.iterrows():  # a budget exactly at a deployed stitch's cost picks it, unless dominated
+        sid = choose(t, max_gmacs=row["gmacs"])
+        fits = dep[(dep["gmacs"] <= row["gmacs"]) & ~dep["stitch_id"].isin(DOMINATED)]
+        assert sid == int(fits.iloc[-1]["stitch_id"])
+    lat = dep.set_index("stitch_id")["latency_ms_b1"]
+    assert choose(t, max_latency_ms=lat[7]) == max((s for s in DEPLOYED if lat[s] <= lat[7] and s not in DOMINATED),
+                                                   key=lambda s: t.set_index("stitch_id").loc[s, "gmacs"])
+    assert choose(t, stitch_id=5) == 5  # any stitch of the palette, deployed or not
+    with pytest.raises(PaletteError, match="unknown stitch id 99.*0..22"):
+        choose(t, stitch_id=99)
+    with pytest.raises(PaletteError, match=r"max_gmacs = 1e-09 is below the cheapest deployed stitch \(id 0"):
+        choose(t, max_gmacs=1e-9)
+    with pytest.raises(PaletteError, match="not both"):
+        choose(t, stitch_id=1, max_gmacs=1.0)
+
+
+def test_table_carries_latency_accuracy_and_leaves_unknown_domination_empty():
+    t = table()
+    assert t["deployed"].sum() == len(DEPLOYED)
+    assert t.loc[t["stitch_id"] == 7, "latency_ms_b32"].item() == 8 * 32
+    assert t.loc[~t["deployed"], "latency_ms_b1"].isna().all()
+    stitches = family_table(SPECS, NUM_CLASSES)
+    plain = stitch_table(stitches, pd.DataFrame(dict(stitch_id=[0, 1], score=[1.0, 2.0], interval=[0, 1])))
+    assert plain["dominated"].isna().all() and plain["test_accuracy"].isna().all()
+
+
+def write_pngs(folder, n=3):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"im{i}.png")
+        Image.fromarray(rng.integers(0, 256, (24 + 4 * i, 20, 3), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+def test_predict_applies_the_task_transform_to_paths_pil_and_tensors(palettes, tmp_path):
+    folder, model = palettes[0]["esta"]
+    paths = write_pngs(tmp_path)
+    palette = Palette.load(folder).select(stitch_id=9)
+    pred = palette.predict(paths, batch_size=2)
+    x = torch.stack([eval_transform(IMG)(load_rgb(p)) for p in paths])
+    prob = model(x, 9).softmax(-1)
+    assert pred["class"].tolist() == [CLASSES[i] for i in prob.argmax(-1)]
+    assert np.allclose(pred["probability"], prob.max(-1).values.detach().numpy(), atol=1e-6)
+    assert (pred["stitch_id"] == 9).all() and pred["image"].tolist() == [str(p) for p in paths]
+    pil = palette.predict([Image.open(p) for p in paths])
+    uint8 = torch.from_numpy(np.array(load_rgb(paths[0]))).permute(2, 0, 1)  # (3, H, W)
+    tensors = palette.predict(uint8[None])
+    assert pil["class"].tolist() == pred["class"].tolist()
+    assert tensors["probability"][0] == pytest.approx(pred["probability"][0], abs=1e-6)
+
+
+def test_cli_palette_and_predict(palettes, tmp_path, capsys):
+    folder, model = palettes[0]["esta"]
+    paths = write_pngs(tmp_path, 2)
+    assert main(["palette", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "23 stitches, 6 deployed" in out and "latency_ms_b32" in out and "T0 (" in out
+    assert main(["predict", str(folder), "--stitch-id", "12", *map(str, paths)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    expect = Palette.load(folder).select(stitch_id=12).predict(paths)
+    assert lines == [f"{p}\t{c}\t{q:.4f}\tstitch 12" for p, c, q in zip(expect["image"], expect["class"],
+                                                                        expect["probability"])]
+    t = table()
+    gmacs = t.set_index("stitch_id")["gmacs"]
+    assert main(["predict", str(folder), "--max-gmacs", str(gmacs[7]), str(paths[0])]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"stitch {choose(t, max_gmacs=gmacs[7])}")
+    assert main(["predict", str(folder), "--max-latency-ms", "3.5", str(paths[0])]) == 0
+    assert capsys.readouterr().out.strip().endswith("stitch 2")  # latencies 1, 2, 3 ms for ids 0, 1, 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stitch-id", "99"], "unknown stitch id 99"),
+    (["--max-gmacs", "1e-9"], "max_gmacs = 1e-09 is below the cheapest deployed stitch"),
+    (["--max-latency-ms", "0.5"], "max_latency_ms = 0.5 is below the cheapest deployed stitch (id 0, latency_ms_b1 1)"),
+])
+def test_cli_bad_budget_or_id_is_one_clear_error(palettes, tmp_path, capsys, args, message):
+    png = write_pngs(tmp_path, 1)[0]
+    assert main(["predict", str(palettes[0]["esta"][0]), *args, str(png)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+
+
+def test_cli_unreadable_image_is_named(palettes, tmp_path, capsys):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    good = write_pngs(tmp_path, 1)[0]
+    assert main(["predict", str(palettes[0]["esta"][0]), str(good), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"unreadable image {bad}" in err and len(err.splitlines()) == 1
+
+
+def test_bundle_makes_a_self_contained_folder_and_a_changed_anchor_is_refused(palettes, tmp_path, capsys):
+    folder = shutil.copytree(palettes[0]["esta"][0], tmp_path / "moved" / "palette")  # its anchor paths break
+    with pytest.raises(PaletteError, match="anchor T0: .* is missing"):
+        Palette.load(folder)
+    assert main(["palette", str(folder), "--bundle", "--anchors", *map(str, palettes[1])]) == 0
+    capsys.readouterr()
+    x = make_images(2)
+    ref = palettes[0]["esta"][1](x, 4)
+    assert torch.equal(Palette.load(folder).select(stitch_id=4)(x), ref)  # anchors found in anchors/
+    with open(folder / "anchors" / "anchor1.safetensors", "r+b") as f:
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    assert main(["predict", str(folder), "--stitch-id", "4", str(write_pngs(tmp_path, 1)[0])]) == 2
+    err = capsys.readouterr().err
+    assert "anchor T1:" in err and "anchor1.safetensors has sha256" in err and len(err.splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# The smoke workflow's palettes (config/smoke.yaml, one session run): written by the rules, loaded in a
+# fresh process, every stitch equals the trained model, and the deployed ones the workflow's exports.
+
+FRESH = textwrap.dedent("""
+    import sys, torch
+    from safetensors.torch import load_file, save_file
+    from esta import Palette
+    torch.set_num_threads(1)
+    folder, inputs, out, export_dir = sys.argv[1:5]
+    args = [v for _, v in sorted(load_file(inputs).items())]
+    palette = Palette.load(folder)
+    save_file({str(s): palette.select(stitch_id=int(s))(*args) for s in palette.table["stitch_id"]}, out)
+    for sid in palette.table.loc[palette.table["deployed"], "stitch_id"]:
+        palette.export(int(sid), export_dir)
+""")
+
+
+def fresh_logits(folder, inputs: dict, tmp_path) -> dict:
+    save_file(inputs, tmp_path / "inputs.safetensors")
+    cmd = [sys.executable, "-c", FRESH, str(folder), str(tmp_path / "inputs.safetensors"),
+           str(tmp_path / "out.safetensors"), str(tmp_path / "export")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return load_file(tmp_path / "out.safetensors")
+
+
+SMOKE = ROOT / "config" / "smoke.yaml"
+
+
+@pytest.mark.parametrize("method", ["esta", "snnet"])
+def test_smoke_vit_palette_equals_the_trained_model_and_the_exports(smoke, method, tmp_path):
+    import yaml
+
+    from esta.vit.anchors import family_at
+    from esta.vit.build import open_task, read_manifest, tuning_config
+
+    cfg = yaml.safe_load(SMOKE.read_text())
+    task = cfg["tasks"][0]
+    run = smoke / method / "default" / task / "seed0" / "tuning"
+    anchors = [(smoke / "anchors" / cfg["family"] if method == "esta" else run / "adapt") / f"anchor{i}.safetensors"
+               for i in range(3)]
+    manifest = read_manifest(smoke / "data" / task / "manifest.json")
+    model = assemble(family_at(cfg["family"], cfg["data"]["img_size"]), manifest["num_classes"], anchors,
+                     run / "stitch_init.safetensors", tuning_config(method, cfg[method]),
+                     state_file=run / "model.safetensors")
+    x = open_task(manifest, "test", cfg["data"]["img_size"]).tensors[0][:8]
+    got = fresh_logits(smoke / method / "default" / task / "palette" / "seed0", dict(x=x), tmp_path)
+    with torch.no_grad():
+        assert len(got) == model.net.num_stitches
+        for sid in range(model.net.num_stitches):
+            assert (got[str(sid)] - model.eval()(x, sid)).abs().max() <= 1e-5, sid
+    index = pd.read_csv(smoke / method / "default" / task / "deployed" / "seed0" / "index.csv")
+    exported = smoke / method / "default" / task / "deployed" / "seed0"
+    for f in index["file"]:  # the palette's exports are the workflow's, tensor for tensor
+        theirs = load_file(exported / Path(f).with_suffix(".safetensors"))
+        mine = load_file(tmp_path / "export" / Path(f).with_suffix(".safetensors"))
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], v) for k, v in theirs.items()), f
+
+
+def test_smoke_llm_palette_equals_the_trained_model_and_the_exports(smoke, tmp_path):
+    import yaml
+
+    from esta.llm.export import load_stitch as load_llm_stitch
+    from test_llm_stitch import left_padded_batch
+
+    llm = yaml.safe_load(SMOKE.read_text())["llm"]
+    L = smoke / "llm"
+    net, tok = stitched([L / "anchors" / f"anchor{i}" for i in range(2)], llm["dtype"],
+                        stitch_init=L / "stitch_init.safetensors", rule=llm["rule"])
+    model = assemble_llm(net, llm["pst"], L / "esta" / "default" / "seed0" / "model.safetensors").eval()
+    ids, mask = left_padded_batch(3)
+    got = fresh_logits(L / "esta" / "default" / "seed0" / "palette", dict(a_ids=ids, b_mask=mask), tmp_path)
+    with torch.no_grad():
+        for sid in range(model.num_stitches):
+            assert (got[str(sid)] - model(ids, mask, sid)).abs().max() <= 1e-5, sid
+        for sid in pd.read_csv(L / "esta" / "default" / "seed0" / "deployed.csv")["stitch_id"]:
+            theirs, _ = load_llm_stitch(L / "esta" / "default" / "seed0" / "deployed" / f"stitch{sid}")
+            assert (theirs(ids, mask) - got[str(sid)]).abs().max() <= 1e-5, sid
+            mine, _ = load_llm_stitch(tmp_path / "export" / f"stitch{sid}")
+            assert (mine(ids, mask) - got[str(sid)]).abs().max() <= 1e-5
+
+
+def test_smoke_latency_and_storage_tables(smoke):
+    import yaml
+
+    cfg = yaml.safe_load(SMOKE.read_text())
+    latency = pd.read_csv(smoke / "tables" / "latency.csv")
+    assert (latency["median_ms"] > 0).all() and (latency["torch_threads"] == cfg["threads"]).all()
+    for (method, task), g in latency[latency["family"] != "llm"].groupby(["method", "task"]):
+        deployed = pd.read_csv(smoke / method / "default" / task / "seed0" / "tuning" / "deployed.csv")
+        assert set(g["stitch_id"]) == set(deployed["stitch_id"]) and set(g["batch"]) == {1, 32}
+        table = pd.read_csv(smoke / method / "default" / task / "palette" / "seed0" / "stitches.csv")
+        lat = g[g["batch"] == 1].set_index("stitch_id")["median_ms"]
+        assert np.allclose(table.set_index("stitch_id").loc[lat.index, "latency_ms_b1"], lat)  # the palette carries it
+        assert table.loc[table["deployed"], "test_accuracy"].notna().all()
+    assert set(latency.loc[latency["family"] == "llm", "batch"]) == {1, 32}
+    storage = pd.read_csv(smoke / "tables" / "storage.csv")
+    paper = storage[storage["scope"] != "run"].set_index("method")
+    # ViT-Ti/S/B, 100 classes, r = 8: PST trains 4,689,020 and its palette adds the 22 LS-fitted stitching
+    # layers (4,067,712); SN-Net stores everything it trains
+    assert paper.loc["esta", "trainable_params"] == 4_689_020
+    assert paper.loc["esta", "palette_params"] == 4_689_020 + 11 * (192 * 384 + 384) + 11 * (384 * 768 + 768)
+    assert paper.loc["snnet", "palette_params"] == paper.loc["snnet", "trainable_params"] == 117_191_148
+    run = storage[(storage["scope"] == "run") & (storage["family"] != "llm")]
+    per_task = run.groupby("method")["palette_bytes"].mean()
+    assert per_task["esta"] < per_task["snnet"] / 5
+    assert (run["palette_bytes"] >= run["tensors_bytes"]).all() and (run["n_exports"] > 0).all()
+    assert (storage.loc[storage["family"] == "llm", "palette_params"] > 0).all()

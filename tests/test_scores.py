@@ -1,0 +1,147 @@
+"""Deployment scores (spec §6): the loss window, dominated stitches, lowest-loss deployment, the
+loss on fixed examples, and the tables that judge each score against accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from esta.pareto import select_deployed
+from esta.sampling import SamplerConfig, StitchSampler
+from esta.scores import LossWindow, dominated, judge, oriented, spearman, summarize, window_loss
+
+
+def test_loss_window_weights():
+    w = LossWindow(0.3, "mean")
+    assert w.start(100) == 70
+    assert w.weights(np.array([0, 69, 70, 99]), 100).tolist() == [0, 0, 1, 1]
+    r = LossWindow(0.3, "recent")
+    assert r.weights(np.array([69, 70, 71, 99]), 100).tolist() == [0, 1, 2, 30]
+    assert LossWindow(1.0).start(50) == 0
+    for bad in (dict(window=0.0), dict(window=1.5), dict(weighting="median")):
+        with pytest.raises(ValueError, match="deploy.loss"):
+            LossWindow(**bad)
+
+
+def test_window_loss_by_hand():
+    history = pd.DataFrame(dict(step=range(10), stitch_id=[0, 1, 0, 1, 2, 0, 1, 0, 1, 0],
+                                loss=[9.0, 9.0, 9.0, 9.0, 9.0, 4.0, 3.0, 2.0, 1.0, 0.0]))
+    mean = window_loss(history, 4, 10, LossWindow(0.5, "mean")).set_index("stitch_id")
+    # steps 5..9: stitch 0 at 5, 7, 9 (4, 2, 0), stitch 1 at 6, 8 (3, 1); stitch 2 only before; 3 never
+    assert mean.loc[0, "loss"] == pytest.approx(2.0) and mean.loc[1, "loss"] == pytest.approx(2.0)
+    assert np.isnan(mean.loc[2, "loss"]) and np.isnan(mean.loc[3, "loss"])
+    assert mean["loss_visits"].tolist() == [3, 2, 0, 0]
+    recent = window_loss(history, 4, 10, LossWindow(0.5, "recent")).set_index("stitch_id")
+    assert recent.loc[0, "loss"] == pytest.approx((1 * 4 + 3 * 2 + 5 * 0) / 9)  # weights 1, 3, 5
+    # a step without a finite loss (every target masked) is not a visit of the statistic, here or in the sampler
+    history.loc[7, "loss"] = np.nan
+    masked = window_loss(history, 4, 10, LossWindow(0.5, "mean")).set_index("stitch_id")
+    assert masked.loc[0, "loss"] == pytest.approx(2.0) and masked.loc[0, "loss_visits"] == 2
+    s = StitchSampler(4, 10, SamplerConfig(kind="uniform"), loss_window=LossWindow(0.5, "mean"))
+    for row in history.itertuples():
+        s.update(row.stitch_id, float("nan"), row.step, loss=torch.tensor(row.loss))
+    np.testing.assert_allclose(s.stats()["loss"], masked["loss"].to_numpy())
+    assert s.stats()["loss_visits"].tolist() == masked["loss_visits"].tolist()
+
+
+def test_sampler_accumulates_the_window_loss_of_device_tensors_and_resumes():
+    """The training loop hands the sampler loss tensors; its statistic equals the history's, and a
+    sampler restored from a state dict mid-run ends where an uninterrupted one does."""
+    win = LossWindow(0.4, "recent")
+    g = torch.Generator().manual_seed(0)
+    losses = torch.rand(30, generator=g)
+
+    def run(sampler, steps, rows):
+        for step in steps:
+            sid = sampler.sample(step)
+            sampler.update(sid, torch.tensor(0.1 + sid), step, loss=losses[step].clone())
+            rows.append(dict(step=step, stitch_id=sid, loss=float(losses[step])))
+
+    rows = []
+    ref = StitchSampler(5, 30, SamplerConfig(kind="uniform"), seed=1, loss_window=win)
+    run(ref, range(30), rows)
+    expect = window_loss(pd.DataFrame(rows), 5, 30, win)
+    stats = ref.stats()
+    np.testing.assert_allclose(stats["loss"], expect["loss"], rtol=1e-12)
+    assert (stats["loss_visits"] == expect["loss_visits"]).all() and stats["loss_visits"].sum() == 12
+    assert set(stats["loss_weighting"]) == {"recent"} and set(stats["loss_window"]) == {0.4}
+
+    first = StitchSampler(5, 30, SamplerConfig(kind="uniform"), seed=1, loss_window=win)
+    run(first, range(22), [])  # interrupted inside the window
+    second = StitchSampler(5, 30, SamplerConfig(kind="uniform"), seed=1, loss_window=win)
+    second.load_state_dict(first.state_dict())
+    run(second, range(22, 30), [])
+    torch.testing.assert_close(second.window_loss(), ref.window_loss(), equal_nan=True, rtol=0, atol=0)
+
+
+def test_dominated_deployed_stitches():
+    cost = [1.0, 2.0, 3.0, 4.0, 5.0]
+    score = [0.5, 0.4, 0.6, np.nan, 0.6]
+    # 2.0 is beaten by the cheaper 1.0; 5.0 ties the cheaper 3.0; a NaN neither is dominated nor dominates
+    assert dominated(cost, score).tolist() == [False, True, False, False, True]
+
+
+def test_select_deployed_lowest_loss_and_dominated_column():
+    t = pd.DataFrame(dict(stitch_id=range(6), front=[0, 1, 0, 0, 0, 0], end=[0, 1, 1, 1, 1, 1],
+                          macs_nohead=[0.0, 100.0, 10.0, 20.0, 60.0, 70.0]))
+    loss = np.array([2.0, 0.5, 1.5, 1.0, 1.2, 0.9])
+    out = select_deployed(t, loss, k=2, lower_is_better=True)
+    # interval 0 = [0, 50): 0, 2, 3 -> 3 (lowest); interval 1: 1, 4, 5 -> 1 (lowest loss, the anchor)
+    assert out["stitch_id"].tolist() == [0, 3, 1]
+    assert out["reason"].tolist() == ["anchor", "interval", "interval"]
+    assert out["dominated"].tolist() == [False, False, False]
+    highest = select_deployed(t, loss, k=2)  # the same numbers as a higher-is-better score
+    assert highest["stitch_id"].tolist() == [0, 4, 1]
+    # 1.2 at 60 MACs is dominated by the cheaper anchor's 2.0; the anchor 1 (0.5) at 100 too
+    assert highest["dominated"].tolist() == [False, True, True]
+
+
+def test_oriented_and_spearman():
+    assert oriented("loss", [1.0, 2.0]).tolist() == [-1.0, -2.0]
+    assert oriented("importance", [1.0, 2.0]).tolist() == [1.0, 2.0]
+    assert spearman([1, 2, 3, np.nan], [0.1, 0.2, 0.3, 0.0]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [0.3, 0.2, 0.1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 1], [0.1, 0.2, 0.3]) == 0.0 and spearman([1, 2], [1, 2]) == 0.0
+
+
+def test_judge_orients_losses_and_summarize_takes_the_gap_to_evaluate():
+    acc = pd.Series([0.9, 0.8, 0.7, 0.6], index=[0, 1, 2, 3])
+    loss = pd.DataFrame(dict(stitch_id=[0, 1, 2, 3], score_name="loss", score=[0.1, 0.2, 0.3, np.nan]))
+    deployed = pd.DataFrame(dict(stitch_id=[0, 2], dominated=[False, True]))
+    got = judge(loss, deployed, acc)
+    assert got["rho"] == pytest.approx(1.0) and got["ranked"] == 3  # lowest loss = most accurate
+    assert got["accuracy"] == pytest.approx(0.8) and got["dominated"] == 1
+    rows = []
+    for task, base in (("a", 0.5), ("b", 0.7)):
+        for seed in (0, 1):
+            rows.append(dict(task=task, seed=seed, selection="evaluate", score="evaluate", rho=0.5, accuracy=base,
+                             wall_s=2.0, dominated=0))
+            rows.append(dict(task=task, seed=seed, selection="loss", score="loss", rho=0.1 * (seed + 1),
+                             accuracy=base - 0.01, wall_s=0.0, dominated=1))
+    s = summarize(pd.DataFrame(rows)).set_index(["selection", "task"])
+    assert s.loc[("loss", "a"), "rho"] == pytest.approx(0.15)
+    assert s.loc[("loss", "mean"), "gap_points"] == pytest.approx(-1.0)
+    assert s.loc[("evaluate", "mean"), "gap_points"] == 0.0 and s.loc[("loss", "mean"), "positive_tasks"] == 2
+
+
+@pytest.mark.parametrize("mode", ["pst", "full"])
+def test_stitch_losses_equal_each_stitch_cross_entropy(mode):
+    """loss_batch: one forward per stitch in eval mode (prefixes shared where parameters are, SN-Net)
+    gives every stitch's own mean cross-entropy."""
+    from conftest import NUM_CLASSES, make_images, trained_like
+
+    from esta.vit.evaluate import stitch_losses
+
+    model = trained_like(mode)
+    x = make_images(10)
+    y = torch.arange(10) % NUM_CLASSES
+    got = stitch_losses(model, x, y, batch_size=4)
+    assert model.training  # left as it was
+    model.eval()
+    with torch.no_grad():
+        for sid in range(model.net.num_stitches):
+            assert got[sid] == pytest.approx(F.cross_entropy(model(x, sid), y).item(), rel=1e-5)
+    assert len(set(np.round(list(got.values()), 6))) > 1
