@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from esta.scores import dominated
+
 __all__ = ["interval_edges", "assign_intervals", "deployment_slots", "select_deployed", "pareto_front", "suite_average",
            "with_unit", "deployed_curves", "palette_view", "accuracy_by_task", "accuracy_by_group", "mean_std"]
 
@@ -59,8 +61,6 @@ def select_deployed(
     cheaper deployed stitch scores at least as well, ``esta.scores.dominated``), sorted by MACs.
     ``cost`` is the column the intervals split (Stitched LLaMA: ``params``, spec §11).
     """
-    from esta.scores import dominated
-
     t = table.reset_index(drop=True).copy()
     t["score"] = np.asarray(score, dtype=float)
     t["rank_score"] = -t["score"] if lower_is_better else t["score"]
