@@ -119,7 +119,6 @@ class StitchSampler:
         self._scored = torch.zeros(n_stitches, dtype=torch.long)
         self.last_step = torch.full((n_stitches,), -1, dtype=torch.long)
         self.loss_window = loss_window or LossWindow()
-        self._loss_start = self.loss_window.start(total_steps)
         self._loss_sum = torch.zeros(n_stitches, dtype=torch.float64)  # sum of weight * loss in the window
         self._loss_weight = torch.zeros(n_stitches, dtype=torch.float64)
         self._loss_visits = torch.zeros(n_stitches, dtype=torch.long)
@@ -176,17 +175,18 @@ class StitchSampler:
         pending, self._pending = self._pending, []
         # one host copy for all device values recorded since the last read
         dev = [v for _, _, q, loss in pending for v in (q, loss) if isinstance(v, torch.Tensor)]
-        host = iter(torch.stack([v.reshape(()).double() for v in dev]).double().cpu().tolist() if dev else [])
+        host = iter(torch.stack([v.reshape(()).double() for v in dev]).cpu().tolist() if dev else [])
 
         def value(v):
             return next(host) if isinstance(v, torch.Tensor) else v
 
-        for sid, step, q, loss in pending:
+        # the loss window's weight of every pending visit (0 before the window), as window_loss weighs them
+        weights = self.loss_window.weights(np.array([step for _, step, _, _ in pending]), self.total_steps)
+        for (sid, _, q, loss), w in zip(pending, weights.tolist()):
             q, loss = value(q), value(loss)
             self._average(sid, q)
             # a step without a finite loss (a batch whose targets are all masked) says nothing of the stitch
-            if loss is not None and math.isfinite(loss) and step >= self._loss_start:
-                w = 1.0 if self.loss_window.weighting == "mean" else float(step - self._loss_start + 1)
+            if loss is not None and math.isfinite(loss) and w > 0:
                 self._loss_sum[sid] += w * loss
                 self._loss_weight[sid] += w
                 self._loss_visits[sid] += 1
