@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from esta.scores import dominated
+from esta.scores import LOWER_IS_BETTER, VISIT_SCORES, dominated
 
-__all__ = ["interval_edges", "assign_intervals", "deployment_slots", "select_deployed", "pareto_front", "suite_average",
+__all__ = ["interval_edges", "assign_intervals", "deployment_slots", "select_deployed", "deploy_by_score", "pareto_front", "suite_average",
            "with_unit", "deployed_curves", "palette_view", "accuracy_by_task", "accuracy_by_group", "mean_std"]
 
 
@@ -72,6 +72,36 @@ def select_deployed(
     out = pd.concat([best, anchors.assign(reason="anchor")]).sort_values(cost).reset_index(drop=True)
     out["dominated"] = dominated(out[cost], out["rank_score"])
     return out[["stitch_id", "interval", "score", "reason", "dominated", cost]]
+
+
+def deploy_by_score(
+    table: pd.DataFrame,
+    score_name: str,
+    score: pd.Series | np.ndarray,
+    k: int,
+    visits: pd.Series | np.ndarray | None = None,
+    min_visits: int = 0,
+    cost: str = "macs_nohead",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One-stage deployment by a named score (``esta.scores``), the same for every family and method:
+    losses lowest, the others highest; a score that is a statistic of visits (importance, loss) only
+    among stitches visited at least ``min_visits`` times. ``score`` and ``visits`` follow ``table``'s
+    rows. Returns the deployed rows (``select_deployed``'s, plus ``score_name`` and, given ``visits``,
+    ``visits``) and every stitch's score (``stitch_id, score_name, score, eligible``), which the score
+    analyses rank."""
+    eligible = None
+    if score_name in VISIT_SCORES:
+        if visits is None:
+            raise ValueError(f"score {score_name!r} is a statistic of visits: deploying by it needs the visits")
+        eligible = np.asarray(visits) >= min_visits
+    deployed = select_deployed(table, score, k, eligible=eligible, cost=cost,
+                               lower_is_better=score_name in LOWER_IS_BETTER).assign(score_name=score_name)
+    if visits is not None:
+        by_id = pd.Series(np.asarray(visits), index=table["stitch_id"].to_numpy())
+        deployed["visits"] = by_id.loc[deployed["stitch_id"]].to_numpy()
+    scores = pd.DataFrame(dict(stitch_id=table["stitch_id"].to_numpy(), score_name=score_name,
+                               score=np.asarray(score, dtype=float), eligible=True if eligible is None else eligible))
+    return deployed, scores
 
 
 def pareto_front(df: pd.DataFrame, x: str = "gmacs", y: str = "accuracy") -> pd.DataFrame:

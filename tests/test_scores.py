@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from esta.pareto import select_deployed
+from esta.pareto import deploy_by_score, select_deployed
 from esta.sampling import SamplerConfig, StitchSampler
 from esta.scores import LossWindow, dominated, judge, oriented, spearman, summarize, window_loss
 
@@ -145,3 +145,20 @@ def test_stitch_losses_equal_each_stitch_cross_entropy(mode):
         for sid in range(model.net.num_stitches):
             assert got[sid] == pytest.approx(F.cross_entropy(model(x, sid), y).item(), rel=1e-5)
     assert len(set(np.round(list(got.values()), 6))) > 1
+
+
+def test_deploy_by_score_orients_and_gates_visit_statistics():
+    t = pd.DataFrame(dict(stitch_id=range(6), front=[0, 1, 0, 0, 0, 0], end=[0, 1, 1, 1, 1, 1],
+                          macs_nohead=[0.0, 100.0, 10.0, 20.0, 60.0, 70.0]))
+    loss = np.array([2.0, 0.5, 1.5, 1.0, 1.2, 0.9])
+    visits = np.array([9, 9, 9, 1, 9, 9])
+    # stitch 3 has the lowest loss of interval 0 but too few visits for a statistic of visits
+    deployed, scores = deploy_by_score(t, "loss", loss, 2, visits=visits, min_visits=3)
+    assert deployed["stitch_id"].tolist() == [0, 2, 1] and set(deployed["score_name"]) == {"loss"}
+    assert deployed["visits"].tolist() == [9, 9, 9]
+    assert scores["eligible"].tolist() == [True, True, True, False, True, True] and len(scores) == 6
+    # a measured score (every stitch measured directly) ignores visits
+    deployed, scores = deploy_by_score(t, "loss_batch", loss, 2, visits=visits, min_visits=3)
+    assert deployed["stitch_id"].tolist() == [0, 3, 1] and scores["eligible"].all()
+    with pytest.raises(ValueError, match="statistic of visits"):
+        deploy_by_score(t, "importance", loss, 2)

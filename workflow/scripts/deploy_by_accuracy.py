@@ -4,12 +4,12 @@ step, spec §7); anchors always."""
 import pandas as pd
 
 from esta import runtime
-from esta.pareto import select_deployed
+from esta.pareto import deploy_by_score
 
 log = runtime.start_job(snakemake)
 stitches = pd.read_csv(snakemake.input.stitches)
 acc = pd.read_csv(snakemake.input.accuracy).set_index("stitch_id")
 score = acc.loc[stitches["stitch_id"], "selection_accuracy"].to_numpy()
-deployed = select_deployed(stitches, score, snakemake.params.deploy["intervals"]).assign(score_name="evaluate")
+deployed, _ = deploy_by_score(stitches, "evaluate", score, snakemake.params.deploy["intervals"])
 log.info("deployed %d stitches: %s", len(deployed), deployed["stitch_id"].tolist())
 runtime.write_csv(deployed, snakemake.output[0])

@@ -6,8 +6,7 @@ training (`loss_batch`, a forward pass); anchors always."""
 import pandas as pd
 
 from esta import runtime
-from esta.pareto import select_deployed
-from esta.scores import LOWER_IS_BETTER, VISIT_SCORES
+from esta.pareto import deploy_by_score
 
 log = runtime.start_job(snakemake)
 p, inp, w = snakemake.params, snakemake.input, snakemake.wildcards
@@ -33,13 +32,8 @@ if score_name == "loss_batch":  # only then a model: the other selections are ta
     log.info("response NLL of every stitch on %d fixed training records", len(fixed))
 else:
     score = stats[score_name].to_numpy()
-eligible = stats["visits"].to_numpy() >= d["min_visits"] if score_name in VISIT_SCORES else None
-deployed = select_deployed(stitches, score, d["intervals"], eligible=eligible, cost="params",
-                           lower_is_better=score_name in LOWER_IS_BETTER)
-deployed["score_name"] = score_name
-deployed["visits"] = stats.loc[deployed["stitch_id"], "visits"].to_numpy()
+deployed, scores = deploy_by_score(stitches, score_name, score, d["intervals"], visits=stats["visits"].to_numpy(),
+                                   min_visits=d["min_visits"], cost="params")
 log.info("deployed %d stitches by %s: %s", len(deployed), score_name, deployed["stitch_id"].tolist())
 runtime.write_csv(deployed, snakemake.output.deployed)
-# every stitch's score (the deployed ones and the rest): the score analyses rank all of them
-runtime.write_csv(pd.DataFrame(dict(stitch_id=stitches["stitch_id"], score_name=score_name, score=score,
-                                    eligible=True if eligible is None else eligible)), snakemake.output.scores)
+runtime.write_csv(scores, snakemake.output.scores)  # every stitch's: the score analyses rank all of them

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from esta import runtime
-from esta.pareto import select_deployed
+from esta.pareto import deploy_by_score
 from esta.scores import LOSS_GRID, LossWindow, judge, summarize, window_loss
 
 log = runtime.start_job(snakemake)
@@ -39,20 +39,16 @@ for i, (task, seed) in enumerate(p.runs):
             per_stitch.append(scores.assign(**tag, selection=how, test_accuracy=scores["stitch_id"].map(test),
                                             visits=scores["stitch_id"].map(stats["visits"])))
     # the ceiling: deploy by test accuracy itself
-    acc = stitches["stitch_id"].map(test).to_numpy()
-    oracle = select_deployed(stitches, acc, k)
-    runs.append(dict(tag, selection="oracle", wall_s=np.nan,
-                     **judge(pd.DataFrame(dict(stitch_id=stitches["stitch_id"], score_name="oracle", score=acc)),
-                             oracle, test)))
+    oracle, scores = deploy_by_score(stitches, "oracle", stitches["stitch_id"].map(test).to_numpy(), k)
+    runs.append(dict(tag, selection="oracle", wall_s=np.nan, **judge(scores, oracle, test)))
     # the `loss` score's window and weighting, from the per-step history (no training again)
     history = pd.read_csv(inp.history[i])
     total = json.loads(open(inp.train[i]).read())["steps"]
-    eligible = stitches["stitch_id"].map(stats["visits"]).to_numpy() >= p.min_visits
+    visits = stitches["stitch_id"].map(stats["visits"]).to_numpy()
     for window, weighting in LOSS_GRID:
         loss = window_loss(history, n, total, LossWindow(window, weighting)).set_index("stitch_id")["loss"]
-        values = stitches["stitch_id"].map(loss).to_numpy()
-        deployed = select_deployed(stitches, values, k, eligible=eligible, lower_is_better=True)
-        scores = pd.DataFrame(dict(stitch_id=stitches["stitch_id"], score_name="loss", score=values))
+        deployed, scores = deploy_by_score(stitches, "loss", stitches["stitch_id"].map(loss).to_numpy(), k,
+                                           visits=visits, min_visits=p.min_visits)
         runs.append(dict(tag, selection=f"loss {window:g} {weighting}", window=window, weighting=weighting,
                          wall_s=0.0, **judge(scores, deployed, test)))
 per_run = pd.DataFrame(runs)

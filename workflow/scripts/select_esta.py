@@ -7,8 +7,7 @@ is first recomputed for every stitch on one fixed training batch."""
 import pandas as pd
 
 from esta import runtime
-from esta.pareto import select_deployed
-from esta.scores import LOWER_IS_BETTER, VISIT_SCORES
+from esta.pareto import deploy_by_score
 
 log = runtime.start_job(snakemake)
 p, inp, w = snakemake.params, snakemake.input, snakemake.wildcards
@@ -54,14 +53,10 @@ elif score_name == "loss_batch":
     log.info("loss of every stitch on %d fixed training images", len(y))
 else:  # evaluate: SN-Net's evaluation pass on the selection split
     score = pd.read_csv(inp.selection).set_index("stitch_id").loc[stitches["stitch_id"], "selection_accuracy"].to_numpy()
-eligible = stats["visits"].to_numpy() >= d["min_visits"] if score_name in VISIT_SCORES else None
-deployed = select_deployed(stitches, score, d["intervals"], eligible=eligible, lower_is_better=score_name in LOWER_IS_BETTER)
-deployed["score_name"] = score_name
-deployed["visits"] = stats.loc[deployed["stitch_id"], "visits"].to_numpy()
+deployed, scores = deploy_by_score(stitches, score_name, score, d["intervals"], visits=stats["visits"].to_numpy(),
+                                   min_visits=d["min_visits"])
 deployed["importance_refresh"] = bool(p.refresh)
 log.info("deployed %d stitches by %s: %s (dominated: %s)", len(deployed), score_name, deployed["stitch_id"].tolist(),
          deployed.loc[deployed["dominated"], "stitch_id"].tolist())
 runtime.write_csv(deployed, snakemake.output.deployed)
-# every stitch's score (the deployed ones and the rest): the score analyses rank all of them
-runtime.write_csv(pd.DataFrame(dict(stitch_id=stitches["stitch_id"], score_name=score_name, score=score,
-                                    eligible=True if eligible is None else eligible)), snakemake.output.scores)
+runtime.write_csv(scores, snakemake.output.scores)  # every stitch's: the score analyses rank all of them
