@@ -129,10 +129,20 @@ def make_workdir(path: Path) -> Path:
     return path
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--smoke-dir",
+        default=None,
+        help="keep the smoke run in this folder across test sessions: Snakemake reruns only the jobs whose code, "
+        "params or inputs changed (for development; CI runs it afresh in a temporary folder)",
+    )
+
+
 @pytest.fixture(scope="session")
-def smoke(tmp_path_factory) -> Path:
+def smoke(tmp_path_factory, request) -> Path:
     """config/smoke.yaml run for real to rule all, once per test session."""
-    work = make_workdir(tmp_path_factory.mktemp("smoke"))
+    kept = request.config.getoption("--smoke-dir")
+    work = make_workdir(Path(kept).resolve() if kept else tmp_path_factory.mktemp("smoke"))
     snakemake(work, "--cores", "2", "--configfile", str(ROOT / "config" / "smoke.yaml"))
     return work / "results"
 
