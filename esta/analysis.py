@@ -1,6 +1,6 @@
 """Analyses the paper leaves open (spec §10) and the ablation/cost tables (spec §9).
 
-- Does a deployment score predict the accuracy a stitch really has? ``esta.scores.judge`` (Spearman
+- Does a deployment score predict the accuracy a stitch really has? ``esta.compare.judge_run`` (Spearman
   rank correlation with test accuracy) and ``selection_ablation`` (the deployed curve of each score).
 - ``gradient_cosines``: interference between stitches through the shared LoRA. For two stitches on
   the same batch, the cosine between their LoRA gradients (A and B of each module, concatenated)

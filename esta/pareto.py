@@ -85,7 +85,8 @@ def deploy_by_score(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One-stage deployment by a named score (``esta.scores``), the same for every family and method:
     losses lowest, the others highest; a score that is a statistic of visits (importance, loss) only
-    among stitches visited at least ``min_visits`` times. ``score`` and ``visits`` follow ``table``'s
+    among stitches with at least ``min_visits`` of the ``visits`` that produced it
+    (``esta.scores.gate_visits``: the loss's are those inside its window). ``score`` and ``visits`` follow ``table``'s
     rows. Returns the deployed rows (``select_deployed``'s, plus ``score_name`` and, given ``visits``,
     ``visits``) and every stitch's score (``stitch_id, score_name, score, eligible``), which the score
     analyses rank."""

@@ -17,8 +17,10 @@ The scores (``deploy.score``):
   needs a held-out split and an evaluation pass).
 - ``oracle`` (analyses only): test accuracy, the ceiling of any selector.
 
-``importance`` and ``loss`` are statistics of visits, so deployment takes only stitches visited at least
-``min_visits`` times by them; ``loss_batch`` and ``evaluate`` measure every stitch directly.
+``importance`` and ``loss`` are statistics of visits, so deployment takes only stitches with at least
+``min_visits`` of the visits that produced the statistic (``gate_visits``: all visits for importance, the
+visits inside the window for loss); ``loss_batch`` and ``evaluate`` measure every stitch directly.
+How the scores are judged against each other is ``esta.compare``.
 """
 
 from __future__ import annotations
@@ -28,12 +30,16 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["SCORES", "LOWER_IS_BETTER", "VISIT_SCORES", "LOSS_GRID", "LossWindow", "window_loss", "oriented",
-           "dominated", "spearman", "judge", "summarize"]
+__all__ = ["SCORES", "LOWER_IS_BETTER", "VISIT_SCORES", "GATE_VISITS", "LOSS_GRID", "LossWindow", "window_loss",
+           "gate_visits",
+           "oriented", "dominated", "spearman"]
 
 SCORES = ("importance", "loss", "loss_batch", "evaluate")
 LOWER_IS_BETTER = frozenset({"loss", "loss_batch"})
 VISIT_SCORES = frozenset({"importance", "loss"})  # statistics of visits: deploy needs min_visits
+# the visits that produced each such statistic (columns of the sampler's stats): importance averages all
+# of a stitch's visits, the loss only those inside its window
+GATE_VISITS = {"importance": "visits", "loss": "loss_visits"}
 WEIGHTINGS = ("mean", "recent")
 # the (window, weighting) pairs the selection ablation compares, computed from the per-step history
 LOSS_GRID = tuple((w, h) for w in (0.1, 0.3, 0.5, 1.0) for h in WEIGHTINGS)
@@ -85,6 +91,17 @@ def window_loss(history: pd.DataFrame, n_stitches: int, total_steps: int, window
     return pd.DataFrame(dict(stitch_id=np.arange(n_stitches), loss=loss.to_numpy(), loss_visits=g["n"].to_numpy()))
 
 
+def gate_visits(score: str, stats: pd.DataFrame) -> np.ndarray:
+    """The visits that gate deployment by ``score`` (``stats``: the sampler's or ``window_loss``'s columns,
+    rows in the stitch table's order): ``visits`` for importance, ``loss_visits`` for the loss, whose
+    statistic is the mean over the visits inside its window only; total visits for a measured score
+    (not gated)."""
+    column = GATE_VISITS.get(score, "visits")
+    if column not in stats:
+        raise ValueError(f"score {score!r} is gated on {column!r}, which the statistics lack (columns: {list(stats.columns)})")
+    return stats[column].to_numpy()
+
+
 def oriented(score: str, values) -> np.ndarray:
     """``values`` of score ``score`` as "higher is better" (losses negated), NaN kept."""
     v = np.asarray(values, dtype=float)
@@ -106,44 +123,13 @@ def dominated(cost, score) -> np.ndarray:
 
 
 def spearman(a, b) -> float:
-    """Spearman's rho over the pairs where both are finite; 0 when fewer than 3 pairs or either
-    side is constant (no ranking to compare)."""
+    """Spearman's rho over the pairs where both are finite; NaN (undefined, never 0) when fewer than
+    3 pairs or either side is constant (no ranking to compare)."""
     from scipy.stats import spearmanr  # imported late: most table jobs never need scipy
 
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     ok = np.isfinite(a) & np.isfinite(b)
     a, b = a[ok], b[ok]
     if len(a) < 3 or np.unique(a).size < 2 or np.unique(b).size < 2:
-        return 0.0
+        return float("nan")
     return float(spearmanr(a, b).statistic)
-
-
-def judge(scores: pd.DataFrame, deployed: pd.DataFrame, accuracy: pd.Series) -> dict:
-    """How well one deployment score did in one run, against ``accuracy`` (stitch_id -> test accuracy):
-    Spearman's rho of the oriented score over every stitch that has one (``scores``: stitch_id,
-    score_name, score), and the mean accuracy over the stitches ``deployed`` (stitch_id, dominated)."""
-    name = scores["score_name"].iloc[0]
-    have = scores[np.isfinite(scores["score"].to_numpy(dtype=float))]
-    return dict(score=name, rho=spearman(oriented(name, have["score"]), have["stitch_id"].map(accuracy)),
-                ranked=len(have), accuracy=float(deployed["stitch_id"].map(accuracy).mean()),
-                deployed=len(deployed), dominated=int(deployed["dominated"].sum()))
-
-
-def summarize(per_run: pd.DataFrame, reference: str = "evaluate") -> pd.DataFrame:
-    """Per selection (``per_run``'s ``selection`` column, one row per task, seed and selection) and task:
-    rho and deployed accuracy, mean (± std of rho) over seeds, then the same over tasks as task "mean";
-    ``gap_points`` is the deployed accuracy minus the ``reference`` selection's, in points."""
-    keys = ["selection", "score", "window", "weighting"]
-    d = per_run.assign(**{k: per_run[k] if k in per_run else np.nan for k in ("window", "weighting")})
-    d[["window", "weighting"]] = d[["window", "weighting"]].astype(object).fillna("")
-    per_task = d.groupby(keys + ["task"], sort=False, as_index=False).agg(
-        rho=("rho", "mean"), rho_std=("rho", "std"), accuracy=("accuracy", "mean"), wall_s=("wall_s", "mean"),
-        dominated=("dominated", "mean"), seeds=("seed", "nunique"))
-    overall = per_task.groupby(keys, sort=False, as_index=False).agg(
-        rho=("rho", "mean"), rho_std=("rho", "std"), accuracy=("accuracy", "mean"), wall_s=("wall_s", "mean"),
-        dominated=("dominated", "mean"), seeds=("seeds", "min"), positive_tasks=("rho", lambda r: int((r > 0).sum())))
-    out = pd.concat([per_task, overall.assign(task="mean")], ignore_index=True)
-    ref = out[out["selection"] == reference].set_index("task")["accuracy"]
-    out["gap_points"] = 100 * (out["accuracy"] - out["task"].map(ref))
-    out["rho_std"] = out["rho_std"].fillna(0.0)
-    return out

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from esta.pareto import deploy_by_score, select_deployed
 from esta.sampling import SamplerConfig, StitchSampler
-from esta.scores import LossWindow, dominated, judge, oriented, spearman, summarize, window_loss
+from esta.compare import curve_area, hypervolume, interval_points, judge_run, summarize
+from esta.scores import LossWindow, dominated, gate_visits, oriented, spearman, window_loss
 
 
 def test_loss_window_weights():
@@ -104,27 +105,99 @@ def test_oriented_and_spearman():
     assert oriented("importance", [1.0, 2.0]).tolist() == [1.0, 2.0]
     assert spearman([1, 2, 3, np.nan], [0.1, 0.2, 0.3, 0.0]) == pytest.approx(1.0)
     assert spearman([1, 2, 3], [0.3, 0.2, 0.1]) == pytest.approx(-1.0)
-    assert spearman([1, 1, 1], [0.1, 0.2, 0.3]) == 0.0 and spearman([1, 2], [1, 2]) == 0.0
+    # undefined (a constant side, fewer than 3 pairs) is NaN, never a 0 that a mean would average in
+    assert np.isnan(spearman([1, 1, 1], [0.1, 0.2, 0.3])) and np.isnan(spearman([1, 2, np.nan], [1, 2, 3]))
 
 
-def test_judge_orients_losses_and_summarize_takes_the_gap_to_evaluate():
-    acc = pd.Series([0.9, 0.8, 0.7, 0.6], index=[0, 1, 2, 3])
-    loss = pd.DataFrame(dict(stitch_id=[0, 1, 2, 3], score_name="loss", score=[0.1, 0.2, 0.3, np.nan]))
-    deployed = pd.DataFrame(dict(stitch_id=[0, 2], dominated=[False, True]))
-    got = judge(loss, deployed, acc)
-    assert got["rho"] == pytest.approx(1.0) and got["ranked"] == 3  # lowest loss = most accurate
-    assert got["accuracy"] == pytest.approx(0.8) and got["dominated"] == 1
+# A hand-made run: costs 1..16 (log2 cost / 4 = u: 0, 1, 0.25, 0.5, 0.75, 0.75), 3 intervals on linear cost
+# (edges 1, 6, 11, 16): interval 0 = {0, 2, 3}, interval 1 = {4, 5}, interval 2 = {1}; stitches 0 and 1 are anchors.
+TABLE = pd.DataFrame(dict(stitch_id=range(6), front=[0, 1, 0, 0, 0, 0], end=[0, 1, 1, 1, 1, 1],
+                          macs_nohead=[1.0, 16.0, 2.0, 4.0, 8.0, 8.0]))
+ACC = pd.Series([0.5, 0.9, 0.4, 0.7, 0.6, 0.3], index=range(6))
+LOSS = np.array([0.5, 0.1, 0.45, np.nan, 0.4, 0.2])
+VISITS = np.array([9, 9, 9, 0, 1, 1])  # stitches 4 and 5 too rarely visited: the loss cannot fill interval 1
+
+
+def _hand_run():
+    loss = deploy_by_score(TABLE, "loss", LOSS, 3, visits=VISITS, min_visits=3)
+    oracle = deploy_by_score(TABLE, "oracle", TABLE["stitch_id"].map(ACC).to_numpy(), 3)
+    return {"loss": loss[::-1], "oracle": oracle[::-1]}
+
+
+def test_a_missed_interval_is_costed_as_its_worst_stitch():
+    sel = _hand_run()
+    assert sel["loss"][1]["stitch_id"].tolist() == [0, 2, 1]  # interval 1 left empty
+    pts = interval_points(TABLE, sel["loss"][1], ACC, 3)
+    assert pts["interval"].tolist() == [0, 1, 2] and pts["stitch_id"].tolist() == [2, 5, 1]
+    assert pts["missed"].tolist() == [False, True, False]  # the miss is stitch 5, the worst (0.3) of interval 1
+    # a miss counts exactly as deploying the interval's worst stitch would: skipping it gains nothing
+    worst = sel["loss"][1].copy()
+    worst.loc[len(worst)] = dict(stitch_id=5, interval=1, score=0.2, reason="interval", dominated=True,
+                                 macs_nohead=8.0, score_name="loss", visits=1)
+    filled = interval_points(TABLE, worst, ACC, 3)
+    assert filled["accuracy"].tolist() == pts["accuracy"].tolist() and not filled["missed"].any()
+    # an anchor always deployed inside an otherwise empty interval fills it
+    only_anchors = sel["loss"][1][sel["loss"][1]["reason"] == "anchor"]
+    assert interval_points(TABLE, only_anchors, ACC, 3)["missed"].tolist() == [False, True, True]
+
+
+def test_curve_area_and_hypervolume_by_hand():
+    # the oracle's curve: anchors and interval picks at u 0, 0.5, 0.75, 1 with accuracy 0.5, 0.7, 0.6, 0.9
+    u, a = [0.0, 0.5, 0.75, 1.0], [0.5, 0.7, 0.6, 0.9]
+    assert curve_area(u, a, 0.0, 1.0) == pytest.approx(0.5 * 0.6 + 0.25 * 0.65 + 0.25 * 0.75)  # 0.65
+    assert curve_area([0.0, 0.5, 1.0], [0.0, 1.0, 0.0], 0.25, 0.75) == pytest.approx(0.75)
+    # (0.75, 0.6) is dominated by (0.5, 0.7); (1, 0.9) lies on the reference cost and adds nothing
+    assert hypervolume(u, a) == pytest.approx(1.0 * 0.5 + 0.5 * 0.2)
+    with pytest.raises(ValueError, match="outside"):
+        curve_area(u, a, 0.0, 1.5)
+
+
+def test_judge_run_compares_every_score_over_the_same_intervals_and_stitches():
+    rows = {r["selection"]: r for r in judge_run(TABLE, ACC, _hand_run(), 3)}
+    oracle, loss = rows["oracle"], rows["loss"]
+    # intervals: oracle 3, 4, 1 (0.7, 0.6, 0.9); loss 2, miss -> 5, 1 (0.4, 0.3, 0.9)
+    assert oracle["accuracy"] == pytest.approx(2.2 / 3) and loss["accuracy"] == pytest.approx(1.6 / 3)
+    assert (oracle["missed"], loss["missed"]) == (0, 1)
+    assert (oracle["deployed"], loss["deployed"]) == (4, 3) and (oracle["ranked"], loss["ranked"]) == (6, 5)
+    assert oracle["auc"] == pytest.approx(0.65) and oracle["hypervolume"] == pytest.approx(0.6)
+    # loss curve: u 0, 0.25, 0.75, 1 at 0.5, 0.4, 0.3, 0.9
+    assert loss["auc"] == pytest.approx(0.25 * 0.45 + 0.5 * 0.35 + 0.25 * 0.6) and loss["hypervolume"] == pytest.approx(0.5)
+    # rho over the stitches both can rank (not stitch 3, which has no loss): {0, 1, 2, 4, 5}, n = 5; the loss
+    # ranks them 0, 2, 4, 5, 1 (worst first), accuracy 5, 2, 0, 4, 1: d^2 = 4 + 0 + 0 + 1 + 9 = 14
+    assert loss["rho"] == pytest.approx(1 - 6 * 14 / (5 * 24)) and loss["rho_n"] == oracle["rho_n"] == 5
+    assert oracle["rho"] == pytest.approx(1.0)
+    # over the same intervals no score beats the oracle, which deploys each interval's best
+    assert loss["accuracy"] <= oracle["accuracy"]
+
+
+def test_summarize_leaves_undefined_rho_out_and_takes_the_gap_in_area():
     rows = []
     for task, base in (("a", 0.5), ("b", 0.7)):
         for seed in (0, 1):
             rows.append(dict(task=task, seed=seed, selection="evaluate", score="evaluate", rho=0.5, accuracy=base,
-                             wall_s=2.0, dominated=0))
-            rows.append(dict(task=task, seed=seed, selection="loss", score="loss", rho=0.1 * (seed + 1),
-                             accuracy=base - 0.01, wall_s=0.0, dominated=1))
+                             auc=base, hypervolume=base, deployed=4, ranked=6, missed=0, rho_n=6, wall_s=2.0,
+                             dominated=0))
+            # task b, seed 1: rho undefined (NaN), not 0
+            rho = np.nan if (task, seed) == ("b", 1) else (-0.2 if task == "b" else 0.1 * (seed + 1))
+            rows.append(dict(task=task, seed=seed, selection="loss", score="loss", rho=rho, accuracy=base - 0.01,
+                             auc=base - 0.02, hypervolume=base, deployed=3, ranked=5, missed=1, rho_n=5, wall_s=0.0,
+                             dominated=1))
     s = summarize(pd.DataFrame(rows)).set_index(["selection", "task"])
     assert s.loc[("loss", "a"), "rho"] == pytest.approx(0.15)
-    assert s.loc[("loss", "mean"), "gap_points"] == pytest.approx(-1.0)
-    assert s.loc[("evaluate", "mean"), "gap_points"] == 0.0 and s.loc[("loss", "mean"), "positive_tasks"] == 2
+    assert s.loc[("loss", "b"), "rho"] == pytest.approx(-0.2) and s.loc[("loss", "b"), "rho_undefined"] == 1
+    assert s.loc[("loss", "mean"), "rho"] == pytest.approx((0.15 - 0.2) / 2)
+    assert s.loc[("loss", "mean"), "rho_undefined"] == 1 and s.loc[("loss", "mean"), "positive_tasks"] == 1
+    assert s.loc[("loss", "mean"), "gap_points"] == pytest.approx(-2.0)  # the area, not the mean accuracy
+    assert s.loc[("loss", "mean"), "missed"] == 1 and s.loc[("loss", "mean"), "deployed"] == 3
+    assert s.loc[("evaluate", "mean"), "gap_points"] == 0.0
+
+
+def test_the_loss_score_is_gated_on_its_window_visits():
+    stats = pd.DataFrame(dict(visits=[10, 10], loss_visits=[1, 5], importance=[0.1, 0.2], loss=[0.3, 0.4]))
+    assert gate_visits("loss", stats).tolist() == [1, 5]
+    assert gate_visits("importance", stats).tolist() == [10, 10]
+    with pytest.raises(ValueError, match="loss_visits"):
+        gate_visits("loss", stats.drop(columns="loss_visits"))
 
 
 @pytest.mark.parametrize("mode", ["pst", "full"])

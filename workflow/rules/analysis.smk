@@ -87,7 +87,7 @@ rule score_tables:
     input:
         unpack(score_inputs),
         stitches=f"{R}/tables/stitches.csv",
-        code=code("scores", "pareto"),
+        code=code("scores", "pareto", "compare"),
     output:
         summary=f"{R}/tables/selection_scores.csv",
         runs=f"{R}/tables/selection_scores_runs.csv",

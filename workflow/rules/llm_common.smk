@@ -86,6 +86,8 @@ def llm_benchmark_files():
         "llm_palette_latency",
     ):
         files += expand(f"{B}/{step}/{{variant}}/seed{{seed}}.tsv", **kw)
+    # every stitch evaluated, for the score table (default variant only)
+    files += expand(f"{B}/llm_evaluate_stitches/default/seed{{seed}}.tsv", seed=config["seeds"])
     for step in ("llm_adapt_anchor", "llm_evaluate_anchor"):
         files += expand(
             f"{B}/{step}/seed{{seed}}/anchor{{i}}.tsv",

@@ -189,6 +189,25 @@ rule llm_evaluate:
         "../scripts/llm_evaluate.py"
 
 
+use rule llm_evaluate as llm_evaluate_stitches with:
+    """Every stitch of a run on the held-out records: the one stitch set the score table judges every
+    score and the oracle (best exact match per interval) by (spec §6, "like with like")."""
+    input:
+        model=f"{L}/esta/{{variant}}/seed{{seed}}/model.safetensors",
+        stitch=f"{L}/stitch_init.safetensors",
+        stitches=f"{R}/tables/llm_stitches.csv",
+        tokenizer=f"{L}/data/tokenizer",
+        test=f"{L}/data/test.json",
+        mc=f"{L}/data/mc.json",
+        code=code("llm/evaluate") + LLM_CODE,
+    output:
+        metrics=f"{L}/esta/{{variant}}/seed{{seed}}/stitch_metrics.csv",
+    log:
+        f"{R}/logs/llm_evaluate_stitches/{{variant}}/seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/llm_evaluate_stitches/{{variant}}/seed{{seed}}.tsv"
+
+
 rule llm_evaluate_anchor:
     input:
         model=f"{L}/anchor_ft/seed{{seed}}/anchor{{i}}/model.safetensors",
@@ -335,8 +354,9 @@ LLM_SELECTIONS = ["importance", "loss", "loss_batch"]
 
 
 rule llm_score_table:
-    """Each training-time score of the tiny pair against held-out exact match (spec §6, §11): rho over
-    the stitches llm_evaluate scored, and the exact match of each score's deployment."""
+    """Each training-time score against held-out exact match, judged like with like (spec §6, §11;
+    esta.compare): rho over the stitches every score ranks, every stitch evaluated
+    (llm_evaluate_stitches), and each deployment's exact match over the intervals the oracle fills."""
     input:
         scores=expand(
             f"{L}/esta/default/seed{{seed}}/scores_{{how}}.csv",
@@ -354,9 +374,10 @@ rule llm_score_table:
             how=LLM_SELECTIONS,
         ),
         metrics=expand(
-            f"{L}/esta/default/seed{{seed}}/metrics.csv", seed=config["seeds"]
+            f"{L}/esta/default/seed{{seed}}/stitch_metrics.csv", seed=config["seeds"]
         ),
-        code=code("scores"),
+        stitches=f"{R}/tables/llm_stitches.csv",
+        code=code("scores", "pareto", "compare"),
     output:
         f"{R}/tables/llm_selection_scores.csv",
     log:
@@ -366,5 +387,6 @@ rule llm_score_table:
     params:
         seeds=config["seeds"],
         selections=LLM_SELECTIONS,
+        intervals=LLM["deploy"]["intervals"],
     script:
         "../scripts/llm_score_table.py"

@@ -1,12 +1,13 @@
 """ESTA's one-stage deployment for Stitched LLaMA (spec §6, §11): per interval of stitch *parameters*,
 the stitch of best score (``esta.scores``): training-time importance (highest) or loss (lowest)
-among those visited at least `min_visits` times, or the loss on fixed training records after
+among those visited at least `min_visits` times (the loss: inside its window), or the loss on fixed training records after
 training (`loss_batch`, a forward pass); anchors always."""
 
 import pandas as pd
 
 from esta import runtime
 from esta.pareto import deploy_by_score
+from esta.scores import gate_visits
 
 log = runtime.start_job(snakemake)
 p, inp, w = snakemake.params, snakemake.input, snakemake.wildcards
@@ -32,7 +33,8 @@ if score_name == "loss_batch":  # only then a model: the other selections are ta
     log.info("response NLL of every stitch on %d fixed training records", len(fixed))
 else:
     score = stats[score_name].to_numpy()
-deployed, scores = deploy_by_score(stitches, score_name, score, d["intervals"], visits=stats["visits"].to_numpy(),
+deployed, scores = deploy_by_score(stitches, score_name, score, d["intervals"],
+                                   visits=gate_visits(score_name, stats),
                                    min_visits=d["min_visits"], cost="params")
 log.info("deployed %d stitches by %s: %s", len(deployed), score_name, deployed["stitch_id"].tolist())
 runtime.write_csv(deployed, snakemake.output.deployed)

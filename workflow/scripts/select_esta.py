@@ -1,6 +1,6 @@
 """ESTA's one-stage deployment (spec §6): per FLOPs interval the stitch with the best score
 (``esta.scores``): training-time importance (highest) or loss (lowest) among the stitches visited at
-least `min_visits` times, the loss on fixed training examples after training (`loss_batch`, a
+least `min_visits` times (the loss: inside its window), the loss on fixed training examples after training (`loss_batch`, a
 forward pass), or selection-split accuracy (`evaluate`); anchors always. With `refresh`, importance
 is first recomputed for every stitch on one fixed training batch."""
 
@@ -8,6 +8,7 @@ import pandas as pd
 
 from esta import runtime
 from esta.pareto import deploy_by_score
+from esta.scores import gate_visits
 
 log = runtime.start_job(snakemake)
 p, inp, w = snakemake.params, snakemake.input, snakemake.wildcards
@@ -53,7 +54,8 @@ elif score_name == "loss_batch":
     log.info("loss of every stitch on %d fixed training images", len(y))
 else:  # evaluate: SN-Net's evaluation pass on the selection split
     score = pd.read_csv(inp.selection).set_index("stitch_id").loc[stitches["stitch_id"], "selection_accuracy"].to_numpy()
-deployed, scores = deploy_by_score(stitches, score_name, score, d["intervals"], visits=stats["visits"].to_numpy(),
+deployed, scores = deploy_by_score(stitches, score_name, score, d["intervals"],
+                                   visits=gate_visits(score_name, stats),
                                    min_visits=d["min_visits"])
 deployed["importance_refresh"] = bool(p.refresh)
 log.info("deployed %d stitches by %s: %s (dominated: %s)", len(deployed), score_name, deployed["stitch_id"].tolist(),
