@@ -200,7 +200,9 @@ def train(
     ``model.loss(batch, stitch_id)`` gives the training loss of a batch (a tuple of tensors, as the
     data set yields them), ``model.importance_params(stitch_id)`` the stitch's Θ_s,
     ``model.trainable()`` / ``model.param_groups(...)`` what the optimizer steps, and
-    ``model.reduce_grads`` / ``model.rank`` make it one replica of a data-parallel run.
+    ``model.reduce_grads`` / ``model.rank`` make it one replica of a data-parallel run. There the
+    loss's value must be the global batch's (``esta.llm.distributed.global_token_mean``): the loop hands
+    it to the sampler (the ``loss`` score) and the history as it is.
 
     ``settings`` is everything that determines the run (config slices, input checksums); its hash
     names the checkpoint. ``stop_after`` ends the run after that many steps (tests of resume).

@@ -4,7 +4,7 @@ drawn by the importance sampler from the all-reduced gradients.
 
 The first test drives the steps of ``esta.train.train``'s loop body by hand, with the one line the
 data-parallel path adds after ``loss.backward()`` (``model.reduce_grads(sid)``); the second runs the
-shared loop itself and is skipped until the loop has that line.
+shared loop itself and compares what it writes (the history, the sampler's statistics of stats.csv) too.
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ from esta.llm.stitch import StitchedLlama, ls_init
 from esta.llm.tasks import TASKS_B, make_records, train_tokenizer
 from esta.llm.tuning import make_tunable
 from esta.sampling import SamplerConfig, StitchSampler, snip_importance
+from esta.scores import LossWindow
 
 from test_llm_stitch import tiny_anchors
 
 STEPS, GLOBAL_BATCH = 6, 8
+STATS = ("visits", "importance", "loss", "loss_visits")  # the sampler's statistics the deployment scores read
 
 
 @functools.cache
@@ -103,9 +105,9 @@ def test_two_gloo_ranks_with_half_batches_match_one_process_with_the_full_batch(
     assert len(set(one["sids"])) > 1
     assert torch.allclose(torch.tensor(r0["qs"]), torch.tensor(one["qs"]), rtol=1e-5, atol=0)
     assert r0["qs"] == r1["qs"]  # importance from the all-reduced gradients: the same on every rank
-    # the ranks' losses average to the full batch's token mean
-    assert torch.allclose((torch.tensor(r0["losses"]) + torch.tensor(r1["losses"])) / 2, torch.tensor(one["losses"]),
-                          atol=1e-5)
+    # every rank's loss value is the full batch's token mean (what the sampler and the history see)
+    assert r0["losses"] == r1["losses"]
+    assert torch.allclose(torch.tensor(r0["losses"]), torch.tensor(one["losses"]), rtol=0, atol=1e-5)
     moved = 0
     for name, ref in one["state"].items():
         assert torch.equal(r0["state"][name], r1["state"][name]), name  # replicas stay identical
@@ -124,24 +126,19 @@ def _run_loop(rank: int, world: int, port: int, out_dir: str) -> None:
         distributed.data_parallel(model)
     cfg = TrainConfig(epochs=2, batch_size=GLOBAL_BATCH, lr=1e-3, warmup_epochs=0.5)
     sampler = StitchSampler(model.num_stitches, cfg.total_steps(len(data)),
-                            SamplerConfig(kind="importance", warmup_frac=0.3), seed=0)
+                            SamplerConfig(kind="importance", warmup_frac=0.3), seed=0,
+                            loss_window=LossWindow(1.0, "recent"))  # every visit: each stitch's loss compared
     result = train(model, data, cfg, sampler, progress=False)
     state = {k: v.detach().clone() for k, v in model.trainable().items()}
-    torch.save(dict(state=state, sids=[h["stitch_id"] for h in result.history]),
+    stats = sampler.stats()  # what llm_train writes as stats.csv (importance.csv)
+    torch.save(dict(state=state, sids=[h["stitch_id"] for h in result.history],
+                    history={c: torch.tensor([float(h[c]) for h in result.history]) for c in ("loss", "importance")},
+                    stats={c: torch.tensor(stats[c].to_numpy(dtype=float)) for c in STATS}),
                os.path.join(out_dir, f"loop-{rank}-of-{world}.pt"))
     if world > 1:
         dist.destroy_process_group()
 
 
-def _loop_has_the_hook() -> bool:
-    import inspect
-
-    from esta.train import train
-
-    return "reduce_grads" in inspect.getsource(train)
-
-
-@pytest.mark.skipif(not _loop_has_the_hook(), reason="esta.train.train does not call model.reduce_grads yet")
 def test_the_shared_loop_under_two_ranks_matches_one_process(tmp_path):
     mp.start_processes(_run_loop, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     _run_loop(0, 1, 0, str(tmp_path))
@@ -150,3 +147,10 @@ def test_the_shared_loop_under_two_ranks_matches_one_process(tmp_path):
     for name, ref in one["state"].items():
         assert torch.equal(r0["state"][name], r1["state"][name]), name
         assert (r0["state"][name] - ref).abs().max() <= 1e-5, name
+    # the history and stats.csv of the 2-process run are the 1-process run's: the loss is the global batch's
+    for part in ("history", "stats"):
+        for col, ref in one[part].items():
+            assert torch.equal(r0[part][col].isnan(), ref.isnan()), (part, col)
+            assert torch.allclose(r0[part][col], ref, rtol=0, atol=1e-5, equal_nan=True), (part, col)
+            assert torch.equal(r0[part][col].nan_to_num(), r1[part][col].nan_to_num()), (part, col)
+    assert one["stats"]["loss_visits"].sum() > 0 and one["stats"]["loss"].isfinite().sum() > 1

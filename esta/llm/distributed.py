@@ -10,7 +10,9 @@ different stitch per rank; we do not). Hence no DDP wrapper but four explicit pi
 - ``TunableLlama.loss`` takes the rank's contiguous share of each global batch (``shard``) and
   normalises its summed token NLL by the *global* number of target tokens (``global_token_mean``), so
   the ranks' averaged gradient is the gradient of the full batch's token mean even when the shares
-  hold different numbers of response tokens;
+  hold different numbers of response tokens; the loss's value is that full-batch token mean on every
+  rank, so what the training loop hands the sampler (the ``loss`` score) and writes to the history is
+  the global batch's, as in one process;
 - ``TunableLlama.reduce_grads`` (``allreduce_grads``) averages the non-None gradients over ranks in a
   fixed order (the model's parameter order, one flat buffer, one collective) after backward and before
   the importance and the optimizer step, so the importance, the sampler state and the update are the
@@ -64,11 +66,17 @@ def shard(batch: tuple[torch.Tensor, ...], rank: int, world: int) -> tuple[torch
 
 
 def global_token_mean(total: torch.Tensor, count: torch.Tensor, world: int) -> torch.Tensor:
-    """This rank's ``total`` (summed over its tokens) scaled so that the mean over ranks of the
-    results, and of their gradients, is the sum over all ranks divided by the global ``count``."""
-    count = count.detach().clone()
-    dist.all_reduce(count)
-    return total * world / count.clamp(min=1)
+    """This rank's ``total`` (summed over its ``count`` target tokens) as a loss whose *gradient* is this
+    rank's share, scaled so that the mean over ranks of the gradients is the gradient of the global batch's
+    token mean (``allreduce_grads`` takes that mean), and whose *value* is the global batch's token mean
+    itself, the sum over ranks of ``total`` divided by the global ``count``: an all-reduced, detached
+    scalar, so that the sampler's loss statistic, the history and ``stats.csv`` see the whole batch on
+    every rank (one collective for both sums)."""
+    sums = torch.stack([total.detach().float(), count.detach().float()])
+    dist.all_reduce(sums)  # (global summed NLL, global target tokens)
+    tokens = sums[1].clamp(min=1)
+    share = total * world / tokens
+    return share + (sums[0] / tokens - share).detach()
 
 
 @torch.no_grad()
