@@ -3,86 +3,65 @@ fine-tuned models that adhere to diverse resource constraints"; SN-Net's ``reset
 
 A palette is one folder per (method, variant, task, seed):
 
-- ``tensors.safetensors``: the task-specific tensors only. PST: the shared LoRA, the stitch biases,
-  the LS-initialised stitching layers and the heads; SN-Net: its fine-tuned anchors and stitching
-  layers (it has nothing smaller to store). Keys are the trained model's parameter names.
+- ``tensors.safetensors``: the task-specific tensors only (``task_tensors``). PST: the shared LoRA, the
+  stitch biases, the LS-initialised stitching layers and the heads; SN-Net: its fine-tuned anchors and
+  stitching layers (it has nothing smaller to store). Keys are the trained model's parameter names.
 - ``stitches.csv``: every stitch with ``gmacs``, ``params``, measured ``latency_ms_b1`` /
-  ``latency_ms_b32`` (deployed stitches), deployment ``score``, ``test_accuracy``, ``deployed``,
-  ``dominated`` (empty where the run did not say) and the deployment ``interval``.
-- ``palette.json``: format, family kind (``vit`` / ``llm``) and shape, method and settings, the task's
-  classes and eval transform (ViT) or tokenizer (LLM), and the anchors it needs by name and sha256.
-  Anchors are shared by every task and are not copied unless bundled (``bundle``: ``anchors/``).
+  ``latency_ms_b32`` (deployed stitches), the measured ``accuracy`` and its split (``accuracy_split``:
+  selection where the run measured it, else test), ``test_accuracy``, the training-time ``score``,
+  ``deployed``, ``dominated`` (on the measured accuracy), ``score_dominated`` (the run's view from its
+  score, empty where it did not say) and the deployment ``interval``.
+- ``palette.json``: format, family kind and shape, method and settings, the sha256 of every file above,
+  and the anchors it needs by name and sha256 (``esta.trust``). Anchors are shared by every task and
+  are not copied unless bundled (``bundle``: ``anchors/<record name>``).
 
-``Palette.load`` checks the anchors against their sha256 and builds the stitched model once;
-``select`` only changes which stitch id the forward is given (no weight is touched, nothing is read).
-This module is the family-agnostic part and imports no family at import time: the family code
-(``esta.vit.palette``, ``esta.llm.palette``) is imported when a palette of that kind is loaded.
+``Palette.load(path, family)`` validates and checks everything (``esta.trust``), builds the stitched
+model once and readies it for serving (the family's ``for_inference``: shared adapters merged); ``select``
+then copies only the active stitch's own biases in place. The family (``esta.vit.palette``,
+``esta.llm.palette``) is passed in by whoever knows it -- its own ``load``, the command line -- so this
+module names none.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pandas as pd
 
-from esta.runtime import file_digest
+from esta import trust
+from esta.trust import PaletteError, anchor_record
 
 __all__ = ["Palette", "PaletteError", "FORMAT", "META", "TENSORS", "TABLE", "BUNDLE", "anchor_record",
-           "check_anchors", "resolve_anchors", "write_palette", "bundle", "choose", "stitch_table",
-           "median_ms", "measure_latency", "storage_row", "folder_bytes", "describe", "TABLE_COLUMNS"]
+           "resolve_anchors", "write_palette", "read_meta", "read_table", "bundle", "choose", "stitch_table",
+           "task_tensors", "storage_row", "folder_bytes", "describe", "TABLE_COLUMNS"]
 
-FORMAT = "esta-palette/1"
+FORMAT = "esta-palette/2"
 META, TENSORS, TABLE, BUNDLE = "palette.json", "tensors.safetensors", "stitches.csv", "anchors"
-TABLE_COLUMNS = ["stitch_id", "name", "gmacs", "params", "latency_ms_b1", "latency_ms_b32", "score",
-                 "test_accuracy", "deployed", "dominated", "interval"]
-_FAMILIES = {"vit": "esta.vit.palette", "llm": "esta.llm.palette"}
+TABLE_COLUMNS = ["stitch_id", "name", "gmacs", "params", "latency_ms_b1", "latency_ms_b32", "accuracy",
+                 "accuracy_split", "test_accuracy", "score", "deployed", "dominated", "score_dominated", "interval"]
 
 
-class PaletteError(ValueError):
-    """A palette, an anchor, a budget or an input that cannot be used; the message names it."""
+def task_tensors(model) -> dict:
+    """The task-specific tensors of a trained stitched model (any family) by parameter name: everything
+    that trains, plus the stitching layers' own weights and biases (LS-fitted on the task, frozen under
+    PST; their adapters train, so they are in either way)."""
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad or n.startswith("net.stitch_layers.")}
 
 
 # ---------------------------------------------------------------------------------------------
-# Anchors by name and sha256
+# Anchors
 
 
-def anchor_record(name: str, path: str | Path, relative_to: str | Path) -> dict:
-    """``{name, path, files}`` of one anchor: a weight file, or a folder (an HF model) whose weight
-    and config files are listed; each file with its sha256 and bytes. ``path`` is stored relative to
-    ``relative_to`` (the palette's folder), so results/ can be moved as a whole."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(f for f in path.iterdir() if f.suffix in (".safetensors", ".json") and "token" not in f.name)
-    else:
-        files = [path]
-    listed = {f.name: dict(sha256=file_digest(f), bytes=f.stat().st_size) for f in files}
-    return dict(name=name, path=os.path.relpath(path, relative_to), folder=path.is_dir(), files=listed)
-
-
-def check_anchors(records: list[dict], paths: list[Path]) -> None:
-    """Every file of every anchor has the sha256 the palette lists, or an error naming it."""
-    for rec, path in zip(records, paths, strict=True):
-        for fname, want in rec["files"].items():
-            f = path / fname if rec["folder"] else path
-            if not f.is_file():
-                raise PaletteError(f"anchor {rec['name']}: {f} is missing (the palette lists {fname})")
-            got = file_digest(f)
-            if got != want["sha256"]:
-                raise PaletteError(f"anchor {rec['name']}: {f} has sha256 {got}, the palette was trained on "
-                                   f"{want['sha256']}: another file, not this palette's anchor")
-
-
-def resolve_anchors(folder: Path, records: list[dict], anchors=None) -> list[Path]:
+def resolve_anchors(folder: Path, records: list[dict], anchors=None, verify: bool = False) -> list[Path]:
     """Where each anchor of a palette is: ``anchors`` (a list in the palette's order, a dict by name, or
-    a folder holding them by file name), else the bundled copy, else the path recorded at build time.
-    Every one is checked against its sha256."""
+    a folder holding them under their recorded file names), else the bundled copy
+    (``anchors/<record name>``), else the path recorded at build time. Every file is checked against
+    its sha256 (``esta.trust.check_anchors``)."""
     if isinstance(anchors, list | tuple):
         if len(anchors) != len(records):
             raise PaletteError(f"{len(anchors)} anchors given, the palette needs {len(records)}: "
@@ -91,36 +70,31 @@ def resolve_anchors(folder: Path, records: list[dict], anchors=None) -> list[Pat
     else:
         paths = []
         for rec in records:
-            stored = Path(rec["path"])
             if isinstance(anchors, dict):
                 if rec["name"] not in anchors:
                     raise PaletteError(f"anchor {rec['name']} not given; anchors by name: {sorted(anchors)}")
                 paths.append(Path(anchors[rec["name"]]))
             elif anchors is not None:
-                paths.append(Path(anchors) / stored.name)
-            elif (folder / BUNDLE / stored.name).exists():
-                paths.append(folder / BUNDLE / stored.name)
+                paths.append(Path(anchors) / Path(rec["path"]).name)
+            elif (folder / BUNDLE / trust.bundled_name(rec)).exists():
+                paths.append(folder / BUNDLE / trust.bundled_name(rec))
             else:
-                paths.append(folder / stored)
-    check_anchors(records, paths)
+                paths.append(folder / rec["path"])
+    trust.check_anchors(records, paths, verify)
     return paths
 
 
 def bundle(folder: str | Path, anchors=None) -> list[Path]:
-    """Copy the palette's anchors (checked by sha256) into ``<folder>/anchors/``: a self-contained folder."""
+    """Copy the palette's anchors (checked by sha256) into ``<folder>/anchors/<record name>``: a
+    self-contained folder. Record names are unique plain names (the schema), so no two copies collide."""
     folder = Path(folder)
     meta = read_meta(folder)
     paths = resolve_anchors(folder, meta["anchors"], anchors)
     out = []
-    for src in paths:
-        dest = folder / BUNDLE / src.name
-        if dest.resolve() != src.resolve():
-            tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-            dest.parent.mkdir(exist_ok=True)
-            (shutil.copytree if src.is_dir() else shutil.copyfile)(src, tmp)
-            if dest.is_dir():
-                shutil.rmtree(dest)
-            os.replace(tmp, dest)
+    for rec, src in zip(meta["anchors"], paths):
+        dest = folder / BUNDLE / trust.bundled_name(rec)
+        if not dest.exists() or dest.resolve() != src.resolve():
+            trust.copy_anchor(src, dest)
         out.append(dest)
     return out
 
@@ -130,9 +104,10 @@ def bundle(folder: str | Path, anchors=None) -> list[Path]:
 
 
 def write_palette(folder: str | Path, tensors: dict, meta: dict, table: pd.DataFrame,
-                  extra: Callable[[Path], None] | None = None) -> Path:
-    """Write a palette folder atomically (beside it, then renamed): tensors, table, metadata, and
-    whatever ``extra(tmp_folder)`` adds (the LLM tokenizer)."""
+                  extra: Callable[[Path], list[str]] | None = None) -> Path:
+    """Write a palette folder atomically (beside it, then renamed): tensors, table, whatever
+    ``extra(tmp_folder)`` adds (the LLM tokenizer; it returns the relative names it wrote) and last the
+    metadata with the sha256 of every one of those files."""
     from esta.tensors import save_tensors
 
     folder = Path(folder)
@@ -141,9 +116,9 @@ def write_palette(folder: str | Path, tensors: dict, meta: dict, table: pd.DataF
     tmp.mkdir(parents=True)
     save_tensors(tensors, tmp / TENSORS, dict(format=FORMAT, kind=meta["kind"], method=meta["method"]))
     table[TABLE_COLUMNS + [c for c in table.columns if c not in TABLE_COLUMNS]].to_csv(tmp / TABLE, index=False)
-    meta = dict(meta, format=FORMAT, params=sum(t.numel() for t in tensors.values()))
-    if extra is not None:
-        extra(tmp)
+    names = [TENSORS, TABLE] + (extra(tmp) if extra is not None else [])
+    meta = dict(meta, format=FORMAT, params=sum(t.numel() for t in tensors.values()),
+                files=trust.file_records(tmp, names))
     (tmp / META).write_text(json.dumps(meta, indent=1, default=str) + "\n")  # last: complete folders only
     if folder.exists():
         shutil.rmtree(folder)
@@ -151,37 +126,68 @@ def write_palette(folder: str | Path, tensors: dict, meta: dict, table: pd.DataF
     return folder
 
 
-def read_meta(folder: Path) -> dict:
+def read_meta(folder: str | Path) -> dict:
+    """``palette.json``, validated against the package's schema (``esta.trust.validate``)."""
     path = Path(folder) / META
     if not path.is_file():
         raise PaletteError(f"{folder} is not a palette: {META} is missing (expected {META}, {TENSORS}, {TABLE})")
-    meta = json.loads(path.read_text())
-    if meta.get("format") != FORMAT:
-        raise PaletteError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as err:
+        raise PaletteError(f"{path}: not valid JSON ({err})") from err
+    if isinstance(meta, dict) and meta.get("format") != FORMAT:
+        raise PaletteError(f"{path}: field format: {meta.get('format')!r} is not {FORMAT!r}")
+    trust.validate(meta, "esta", path)
     return meta
 
 
-def read_table(folder: str | Path) -> pd.DataFrame:
-    """A palette's stitch table (``interval`` as a nullable int: empty for stitches not deployed)."""
-    table = pd.read_csv(Path(folder) / TABLE)
-    return table.astype({"interval": "Int64"})
+def read_table(folder: str | Path, meta: dict | None = None, verify: bool = False) -> pd.DataFrame:
+    """A palette's stitch table (``interval`` as a nullable int: empty for stitches not deployed),
+    checked against its sha256 first when ``meta`` is given."""
+    folder = Path(folder)
+    if meta is not None:
+        trust.check_files({TABLE: meta["files"][TABLE]}, folder, f"{META} files/{TABLE}", verify)
+    table = pd.read_csv(folder / TABLE)
+    missing = sorted(set(TABLE_COLUMNS) - set(table.columns))
+    if missing:
+        raise PaletteError(f"{folder / TABLE}: columns {missing} are missing")
+    return table.astype({"interval": "Int64", "deployed": bool})
+
+
+def dominated(table: pd.DataFrame, value: str, cost: str = "gmacs") -> pd.Series:
+    """Per deployed stitch, whether another deployed stitch costs no more and has at least ``value``
+    (strictly better in one); empty (NA) where ``value`` was not measured or the stitch not deployed."""
+    dep = table[table["deployed"] & table[value].notna()]
+    out = pd.Series(pd.NA, index=table.index, dtype="boolean")
+    for i, r in dep.iterrows():
+        better = (dep[cost] <= r[cost]) & (dep[value] >= r[value]) & ((dep[cost] < r[cost]) | (dep[value] > r[value]))
+        out[i] = bool(better.any())
+    return out
 
 
 def stitch_table(stitches: pd.DataFrame, deployed: pd.DataFrame, latency: pd.DataFrame | None = None,
-                 test: pd.DataFrame | None = None) -> pd.DataFrame:
+                 test: pd.DataFrame | None = None, selection: pd.DataFrame | None = None) -> pd.DataFrame:
     """The palette's table: ``stitches`` (stitch_id, name, gmacs, params) joined with the deployed rows
-    (score, interval, and ``dominated`` where the run wrote it: otherwise left empty), latency in long
-    form (stitch_id, batch, median_ms) and test accuracy (stitch_id, test_accuracy)."""
+    (score, interval, and ``score_dominated`` from the run's ``dominated`` where it wrote it), latency in
+    long form (stitch_id, batch, median_ms), test accuracy and selection-split accuracy (stitch_id,
+    test_accuracy / selection_accuracy: ``evaluate_stitches``' tables). ``accuracy`` is the selection split's where measured, else the test
+    split's (``accuracy_split`` says which); ``dominated`` is computed on it."""
     t = stitches[["stitch_id", "name", "gmacs", "params"]].copy()
     dep = deployed.set_index("stitch_id")
     t["deployed"] = t["stitch_id"].isin(dep.index)
-    for col in ("score", "interval", "dominated", "score_name", "reason"):
-        t[col] = t["stitch_id"].map(dep[col]) if col in dep else float("nan")
+    for col, src in (("score", "score"), ("interval", "interval"), ("score_dominated", "dominated"),
+                     ("score_name", "score_name"), ("reason", "reason")):
+        t[col] = t["stitch_id"].map(dep[src]) if src in dep else float("nan")
     for b in (1, 32):
         rows = pd.Series(dtype=float) if latency is None else latency[latency["batch"] == b].set_index("stitch_id")
         t[f"latency_ms_b{b}"] = t["stitch_id"].map(rows["median_ms"]) if len(rows) else float("nan")
     acc = pd.Series(dtype=float) if test is None else test.set_index("stitch_id")["test_accuracy"]
     t["test_accuracy"] = t["stitch_id"].map(acc).astype(float)
+    sel = pd.Series(dtype=float) if selection is None else selection.set_index("stitch_id")["selection_accuracy"]
+    on_sel = t["stitch_id"].map(sel).astype(float)
+    t["accuracy"] = on_sel.fillna(t["test_accuracy"])
+    t["accuracy_split"] = on_sel.notna().map({True: "selection", False: "test"}).where(t["accuracy"].notna(), "")
+    t["dominated"] = dominated(t, "accuracy")
     t["interval"] = t["interval"].astype("Int64")  # empty for stitches not deployed
     return t[TABLE_COLUMNS + ["score_name", "reason"]]
 
@@ -201,9 +207,10 @@ _BUDGETS = {"max_gmacs": "gmacs", "max_latency_ms": "latency_ms_b1", "max_params
 
 def choose(table: pd.DataFrame, stitch_id: int | None = None, **budgets: float | None) -> int:
     """The stitch a palette runs: ``stitch_id`` (any stitch of the table), or under budgets
-    (``max_gmacs``, ``max_latency_ms`` at batch 1, ``max_params``) the most expensive deployed stitch
-    that fits them all and that the run did not mark dominated; with neither, the most expensive
-    deployed stitch. An unknown id or a budget below every deployed stitch is an error naming it."""
+    (``max_gmacs``, ``max_latency_ms`` at batch 1, ``max_params``) the deployed stitch with the highest
+    *measured* accuracy that fits them all; with no budget, the most accurate deployed stitch. The
+    training-time score breaks ties (then the cost, higher first) and decides alone where no fitting
+    stitch was measured. An unknown id or a budget below every deployed stitch is an error naming it."""
     unknown = set(budgets) - set(_BUDGETS)
     if unknown:
         raise TypeError(f"unknown budget {sorted(unknown)}; known: {sorted(_BUDGETS)}")
@@ -219,38 +226,20 @@ def choose(table: pd.DataFrame, stitch_id: int | None = None, **budgets: float |
     for key, value in given.items():
         col = _BUDGETS[key]
         if cand[col].isna().all():
-            raise PaletteError(f"{key}: the palette has no {col} for its deployed stitches (not measured)")
+            raise PaletteError(f"{key}: the palette has no {col} for its deployed stitches (not measured; "
+                               "python -m esta profile measures them)")
         fits = cand[cand[col] <= value]
         if fits.empty:
             cheapest = cand.loc[cand[col].idxmin()]
             raise PaletteError(f"{key} = {value:g} is below the cheapest deployed stitch "
                                f"(id {int(cheapest['stitch_id'])}, {col} {cheapest[col]:g})")
         cand = fits
-    kept = cand[cand["dominated"].astype(str).str.lower() != "true"]
-    cand = kept if len(kept) else cand
-    return int(cand.sort_values(["gmacs", "stitch_id"]).iloc[-1]["stitch_id"])
-
-
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds over ``repeats`` calls, after ``warmup`` calls
-    that are not timed."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def measure_latency(run: Callable[[int, object], object], inputs: dict[int, object], stitch_ids: list[int],
-                    repeats: int, warmup: int) -> pd.DataFrame:
-    """Latency of each stitch at each batch size: ``run(stitch_id, inputs[batch])`` timed by
-    ``median_ms``. Columns stitch_id, batch, median_ms, repeats, warmup."""
-    rows = [dict(stitch_id=int(sid), batch=b, median_ms=median_ms(lambda: run(int(sid), x), repeats, warmup),
-                 repeats=repeats, warmup=warmup) for sid in stitch_ids for b, x in inputs.items()]
-    return pd.DataFrame(rows)
+    measured = cand[cand["accuracy"].notna()]
+    if len(measured):
+        cand = measured
+    score = cand["score"].astype(float).fillna(float("-inf"))
+    order = cand.assign(_score=score).sort_values(["accuracy", "_score", "gmacs", "stitch_id"], na_position="first")
+    return int(order.iloc[-1]["stitch_id"])
 
 
 def storage_row(palette: str | Path, exports: str | Path | None, anchors: list[str | Path]) -> dict:
@@ -273,47 +262,58 @@ def storage_row(palette: str | Path, exports: str | Path | None, anchors: list[s
 # The palette
 
 
-def family_module(kind: str):
-    """The family's palette code (imported here, when a palette of that kind is used)."""
-    if kind not in _FAMILIES:
-        raise PaletteError(f"unknown palette kind {kind!r}; known: {sorted(_FAMILIES)}")
-    return importlib.import_module(_FAMILIES[kind])
-
-
 class Palette:
-    """A loaded palette: one stitched model and the stitch it currently runs.
+    """A loaded palette: one stitched model, readied for serving, and the stitch it currently runs.
 
-    ``Palette.load(path)`` builds the model once; ``select`` switches the stitch (an int, nothing
-    else); ``predict`` (ViT) / ``generate`` (LLM) run it; ``export`` writes the standalone model of
-    one stitch exactly as the workflow's export rules do."""
+    ``Palette.load(path, family)`` checks and builds the model once; ``select`` switches the stitch
+    (copies its own biases in place); calling the palette runs it on prepared inputs; ``predict`` (ViT)
+    / ``generate`` (LLM) run it on images / prompts; ``export`` writes the standalone model of one
+    stitch exactly as the workflow's export rules do. ``family`` is the family's palette module
+    (``esta.vit.palette``, ``esta.llm.palette``): ``check_meta``, ``load_model``, ``forward`` and its
+    own ``predict`` / ``generate`` / ``export`` / ``export_onnx``."""
 
-    def __init__(self, folder: Path, meta: dict, table: pd.DataFrame, model, family):
+    def __init__(self, folder: Path, meta: dict, table: pd.DataFrame, model, family: ModuleType):
         self.path, self.meta, self.table, self.model, self._family = Path(folder), meta, table, model, family
-        self.stitch_id = choose(table)
+        self.stitch_id = -1
+        self.select()
 
     @classmethod
-    def load(cls, path: str | Path, anchors=None, device: str = "cpu") -> Palette:
-        """Check the anchors against their sha256 (``anchors``: see ``resolve_anchors``) and build the
-        stitched model with the palette's tensors, in eval mode."""
+    def load(cls, path: str | Path, family: ModuleType, anchors=None, device: str = "cpu",
+             verify: bool = False) -> Palette:
+        """Validate ``palette.json`` (the package's schema, then the family's checks), check every file
+        it lists and every anchor against their sha256 (``anchors``: see ``resolve_anchors``; ``verify``:
+        re-hash instead of trusting the per-user hash cache), then build the stitched model with the
+        palette's tensors and ready it for serving on ``device``. Nothing reaches timm or transformers
+        before every check has passed."""
         folder = Path(path)
         meta = read_meta(folder)
-        family = family_module(meta["kind"])
-        paths = resolve_anchors(folder, meta["anchors"], anchors)
+        if meta["kind"] != family.KIND:
+            raise PaletteError(f"{folder / META}: field kind: a {meta['kind']!r} palette, not {family.KIND!r}")
+        family.check_meta(meta, folder / META)
+        trust.check_files(meta["files"], folder, f"{META} files", verify)
         table = read_table(folder)
+        paths = resolve_anchors(folder, meta["anchors"], anchors, verify)
         model = family.load_model(folder, meta, paths, device)
-        return cls(folder, meta, table, model.eval(), family)
+        return cls(folder, meta, table, model.for_inference(), family)
 
     def select(self, max_gmacs: float | None = None, max_latency_ms: float | None = None,
                stitch_id: int | None = None, max_params: float | None = None) -> Palette:
-        """Switch the active stitch (``choose``); returns the palette. No weight changes, nothing is read."""
-        self.stitch_id = choose(self.table, stitch_id, max_gmacs=max_gmacs, max_latency_ms=max_latency_ms,
-                                max_params=max_params)
+        """Switch the active stitch (``choose``) and copy its own biases into the model in place (a few
+        vectors; SN-Net's stitches own none). Returns the palette."""
+        sid = choose(self.table, stitch_id, max_gmacs=max_gmacs, max_latency_ms=max_latency_ms,
+                     max_params=max_params)
+        self.model.activate(sid)
+        self.stitch_id = sid
         return self
 
     @property
     def row(self) -> pd.Series:
         """The table row of the active stitch."""
         return self.table.set_index("stitch_id").loc[self.stitch_id]
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
 
     def __call__(self, *inputs, **kw):
         """The active stitch's output (logits) for prepared inputs: images (B, 3, S, S) for a ViT
@@ -334,10 +334,15 @@ class Palette:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         return self._family.generate(self, prompts, max_new_tokens, template)
 
-    def export(self, stitch_id: int, out_dir: str | Path) -> Path:
-        """The standalone model of ``stitch_id`` (LoRA merged, biases baked in), as the workflow exports it."""
+    def export(self, stitch_id: int, out_dir: str | Path, format: str = "safetensors") -> Path:
+        """The standalone model of ``stitch_id`` (LoRA merged, biases baked in), as the workflow exports
+        it (``format="safetensors"``), or as ONNX (``format="onnx"``, families that have it)."""
         sid = choose(self.table, stitch_id)
-        return self._family.export(self, sid, Path(out_dir))
+        if format == "safetensors":
+            return self._family.export(self, sid, Path(out_dir))
+        if format == "onnx" and hasattr(self._family, "export_onnx"):
+            return self._family.export_onnx(self, sid, Path(out_dir))
+        raise PaletteError(f"export format {format!r} is not available for a {self.meta['kind']} palette")
 
     def __repr__(self) -> str:
         r = self.row
@@ -346,13 +351,15 @@ class Palette:
                 f"{r['gmacs']:.4g} GMACs, {int(r['params']):,} params)")
 
 
-def describe(path: str | Path) -> str:
-    """A palette's summary line and stitch table, read without building its model."""
+def describe(path: str | Path, verify: bool = False) -> str:
+    """A palette's summary line and stitch table, read (and checked) without building its model."""
     folder = Path(path)
     meta = read_meta(folder)
-    table = read_table(folder)
+    table = read_table(folder, meta, verify)
     anchors = ", ".join(f"{a['name']} ({a['path']})" for a in meta["anchors"]) or "none (it holds its own)"
+    split = sorted(set(table.loc[table["deployed"], "accuracy_split"].dropna()) - {""}) or ["none measured"]
     head = (f"{meta['kind']} palette, {meta['method']} {meta.get('variant', '')} {meta.get('task', '')} seed "
             f"{meta.get('seed')}: {len(table)} stitches, {int(table['deployed'].sum())} deployed, "
-            f"{meta['params']:,} task parameters; anchors: {anchors}")
+            f"{meta['params']:,} task parameters; accuracy: {', '.join(split)}; "
+            f"serving: {meta.get('serving', 'shared adapters merged')}; anchors: {anchors}")
     return head + "\n" + table[TABLE_COLUMNS].to_string(index=False, na_rep="")

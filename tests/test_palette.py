@@ -1,7 +1,9 @@
-"""The ViT palette (spec §12, issue 24): the folder holds the task tensors only, loads in a fresh
-process into a model whose every stitch gives the trained model's logits and whose exports equal the
-workflow's, switching stitches touches no weight, predict applies the task's transform, and the CLI
-names every bad input. Tiny three-anchor family (tests/conftest.py), PST and SN-Net's full tuning."""
+"""The ViT palette (spec §12, issues 24 and 30): the folder holds the task tensors only, loads in a
+fresh process into a model whose every stitch gives the trained model's logits and whose exports equal
+the workflow's, ``select`` moves only the active stitch's own biases and every stitch then equals its
+export, a budget serves the most accurate measured stitch, predict applies the task's transform, and
+the CLI names every bad input in one line. Tiny three-anchor family (tests/conftest.py), PST and
+SN-Net's full tuning. Tampering, ONNX and profiling: tests/test_palette_trust.py, test_palette_onnx.py."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from esta.__main__ import main
 from esta.llm.build import assemble as assemble_llm
 from esta.llm.build import stitched
-from esta.palette import TENSORS, Palette, PaletteError, choose, stitch_table
+from esta.palette import TENSORS, PaletteError, choose, stitch_table
 from esta.tensors import save_tensors
 from esta.vit.anchors import AnchorSpec
 from esta.vit.build import anchor_arch, assemble
@@ -30,7 +32,7 @@ from esta.vit.data import describe_transform, eval_transform
 from esta.vit.data.files import load_rgb
 from esta.vit.export import export_stitch, load_stitch
 from esta.vit.info import stitch_table as family_table
-from esta.vit.palette import task_tensors, transform_record, write
+from esta.vit.palette import load, transform_record, write
 from esta.vit.tuning import TuningConfig
 
 SPECS = tuple(AnchorSpec(f"T{i}", a["timm_name"], a["kwargs"], NUM_CLASSES) for i, a in enumerate(tiny_arch()))
@@ -40,15 +42,17 @@ CLASSES = [f"class_{c}" for c in "abcde"]
 
 
 def trained(method: str, files: list) -> torch.nn.Module:
-    """A model of the tiny family as after training: every task tensor (LoRA B, stitch biases, heads,
-    stitching layers; SN-Net: everything) perturbed, so no tensor can be skipped unnoticed."""
+    """A model of the tiny family as after training: every parameter that trains (LoRA A/B, stitch
+    biases, heads; SN-Net: everything) and the LS-fitted stitching layers perturbed -- chosen from the
+    model itself, not from the palette's ``task_tensors``, so a tensor the palette skipped would show."""
     cfg = TuningConfig(rank=2) if method == "esta" else TuningConfig(mode="full")
     torch.manual_seed(0)
     model = assemble(SPECS, NUM_CLASSES, files, None, cfg)
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
-        for t in task_tensors(model).values():
-            t.add_(0.05 * torch.randn(t.shape, generator=g))
+        for name, t in model.named_parameters():
+            if t.requires_grad or name.startswith("net.stitch_layers."):
+                t.add_(0.05 * torch.randn(t.shape, generator=g))
     return model.eval()
 
 
@@ -59,6 +63,15 @@ def table() -> pd.DataFrame:
     latency = pd.DataFrame([dict(stitch_id=s, batch=b, median_ms=float(s + 1) * b) for s in DEPLOYED for b in (1, 32)])
     test = pd.DataFrame(dict(stitch_id=stitches["stitch_id"], test_accuracy=np.linspace(0, 1, len(stitches))))
     return stitch_table(stitches, dep, latency, test)
+
+
+def accuracy_table() -> pd.DataFrame:
+    """``table`` with measured accuracies that do not rise with cost: stitch 7 (mid-cost) is the most
+    accurate, and 20 (the most expensive deployed) below 1 -- the case a score-based pick gets wrong."""
+    t = table()
+    acc = {0: 0.30, 1: 0.40, 2: 0.55, 7: 0.80, 15: 0.60, 20: 0.70}
+    t["accuracy"] = t["test_accuracy"] = t["stitch_id"].map(acc)
+    return t
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +98,11 @@ def palettes(tmp_path_factory):
 CHILD = textwrap.dedent("""
     import sys, torch
     from safetensors.torch import save_file
-    from esta import Palette
+    from esta.vit.palette import load
     torch.set_num_threads(1)
     folder, images, out, export_dir = sys.argv[1:5]
     x = torch.load(images, weights_only=True)
-    palette = Palette.load(folder)
+    palette = load(folder)
     logits = {}
     for sid in palette.table["stitch_id"]:
         logits[str(sid)] = palette.select(stitch_id=int(sid))(x)
@@ -138,33 +151,49 @@ def test_the_palette_holds_the_task_tensors_only(palettes):
     assert any(k.startswith("biases.") for k in esta) and any("lora_B" in k for k in esta)
     assert set(snnet) == {n for n, _ in folders["snnet"][1].named_parameters()}  # SN-Net: everything
     assert sum(v.numel() for v in esta.values()) < sum(v.numel() for v in snnet.values()) / 2
+    for method, stored in (("esta", esta), ("snnet", snnet)):  # every trained value, as trained
+        trainable = folders[method][1].trainable()
+        assert set(trainable) <= set(stored)
+        assert all(torch.equal(stored[k], v.detach()) for k, v in trainable.items())
 
 
-def test_select_switches_the_stitch_without_touching_a_weight(palettes):
-    palette = Palette.load(palettes[0]["esta"][0])
-    before = {k: (v.data_ptr(), v.clone()) for k, v in palette.model.state_dict().items()}
-    x = make_images(2)
-    a = palette.select(stitch_id=3)(x)
-    for sid in range(23):
+@pytest.mark.parametrize("method", ["esta", "snnet"])
+def test_select_moves_only_the_active_stitchs_biases_and_every_stitch_equals_its_export(palettes, method, tmp_path):
+    folder, model = palettes[0][method]
+    palette = load(folder)
+    assert not any("lora_" in k for k in palette.model.state_dict())  # the shared LoRA is merged away
+    x = make_images(3)
+    net_params = dict(palette.model.net.named_parameters())
+    exports = {}
+    order = [3, 3, 22, 0, 11, 3, 20, 1, 22, 7, 15, 2]  # repeats, anchors and stitches, back and forth
+    for sid in order:
+        before = {k: v.clone() for k, v in net_params.items()}
         palette.select(stitch_id=sid)
-    assert palette.select(stitch_id=3).stitch_id == 3 and torch.equal(palette(x), a)
-    after = palette.model.state_dict()
-    assert before.keys() == after.keys()
-    for k, (ptr, v) in before.items():
-        assert after[k].data_ptr() == ptr and torch.equal(after[k], v), k
+        moved = {k for k, v in net_params.items() if not torch.equal(before[k], v)}
+        own = {k.replace(":", ".").replace(".base_layer.", ".") for k in model.biases_for(sid)} if method == "esta" else set()
+        assert moved <= own, (sid, sorted(moved - own)[:3])  # nothing but the stitch's own biases
+        assert all(k.endswith(".bias") for k in moved)
+        if sid not in exports:
+            exports[sid] = load_stitch(palette.export(sid, tmp_path / "export"))
+        with torch.no_grad():
+            got = palette(x)
+            assert (got - exports[sid](x)).abs().max() <= 1e-5, sid
+            assert (got - model(x, sid)).abs().max() <= 1e-5, sid
 
 
-def test_choose_picks_the_most_expensive_undominated_deployed_stitch_within_budget():
-    t = table()
-    dep = t[t["deployed"]].sort_values("gmacs")
-    assert choose(t) == int(dep[~dep["stitch_id"].isin(DOMINATED)].iloc[-1]["stitch_id"])
-    for _, row in dep.iterrows():  # a budget exactly at a deployed stitch's cost picks it, unless dominated
-        sid = choose(t, max_gmacs=row["gmacs"])
-        fits = dep[(dep["gmacs"] <= row["gmacs"]) & ~dep["stitch_id"].isin(DOMINATED)]
-        assert sid == int(fits.iloc[-1]["stitch_id"])
-    lat = dep.set_index("stitch_id")["latency_ms_b1"]
-    assert choose(t, max_latency_ms=lat[7]) == max((s for s in DEPLOYED if lat[s] <= lat[7] and s not in DOMINATED),
-                                                   key=lambda s: t.set_index("stitch_id").loc[s, "gmacs"])
+def test_a_budget_serves_the_most_accurate_measured_stitch_within_it():
+    t = accuracy_table()
+    assert choose(t) == 7  # unlimited: the most accurate deployed stitch, not the most expensive (20)
+    gmacs = t.set_index("stitch_id")["gmacs"]
+    for sid in DEPLOYED:  # a budget exactly at a deployed stitch's cost: the most accurate that fits
+        fits = [s for s in DEPLOYED if gmacs[s] <= gmacs[sid]]
+        assert choose(t, max_gmacs=gmacs[sid]) == max(fits, key=lambda s: t.set_index("stitch_id").loc[s, "accuracy"])
+    lat = t.set_index("stitch_id")["latency_ms_b1"]
+    assert choose(t, max_latency_ms=lat[2]) == 2 and choose(t, max_latency_ms=lat[15]) == 7
+    tie = t.assign(accuracy=0.5)  # equal accuracy: the training-time score breaks the tie
+    assert choose(tie) == int(tie.loc[tie["deployed"]].sort_values("score").iloc[-1]["stitch_id"])
+    unmeasured = t.assign(accuracy=float("nan"))  # nothing measured: the score decides alone
+    assert choose(unmeasured) == int(t.loc[t["deployed"]].sort_values("score").iloc[-1]["stitch_id"])
     assert choose(t, stitch_id=5) == 5  # any stitch of the palette, deployed or not
     with pytest.raises(PaletteError, match="unknown stitch id 99.*0..22"):
         choose(t, stitch_id=99)
@@ -174,6 +203,25 @@ def test_choose_picks_the_most_expensive_undominated_deployed_stitch_within_budg
         choose(t, stitch_id=1, max_gmacs=1.0)
 
 
+def test_dominated_is_computed_on_measured_accuracy_and_the_scores_view_kept_apart():
+    stitches = family_table(SPECS, NUM_CLASSES)
+    dep = pd.DataFrame(dict(stitch_id=DEPLOYED, interval=range(len(DEPLOYED)), score=np.linspace(1, 2, len(DEPLOYED)),
+                            dominated=[s in DOMINATED for s in DEPLOYED]))
+    acc = {0: 0.30, 1: 0.40, 2: 0.55, 7: 0.80, 15: 0.60, 20: 0.70}
+    sel = pd.DataFrame(dict(stitch_id=list(acc), selection_accuracy=list(acc.values())))
+    test = pd.DataFrame(dict(stitch_id=stitches["stitch_id"], test_accuracy=0.1))
+    t = stitch_table(stitches, dep, None, test, sel).set_index("stitch_id")
+    gmacs = t["gmacs"]
+    for s in DEPLOYED:  # dominated: a deployed stitch no more expensive and at least as accurate
+        assert t.loc[s, "dominated"] == any(gmacs[o] <= gmacs[s] and acc[o] >= acc[s] and (o != s) for o in DEPLOYED)
+    assert t.loc[20, "dominated"] and not t.loc[7, "dominated"]
+    assert t.loc[15, "score_dominated"] and not t.loc[20, "score_dominated"]  # the run's own view, kept
+    assert (t.loc[DEPLOYED, "accuracy_split"] == "selection").all() and t.loc[DEPLOYED, "accuracy"].tolist() == \
+        [acc[s] for s in DEPLOYED]
+    assert (t.loc[~t["deployed"], "accuracy_split"] == "test").all()  # where no selection accuracy: test
+    assert t.loc[~t["deployed"], "dominated"].isna().all()
+
+
 def test_table_carries_latency_accuracy_and_leaves_unknown_domination_empty():
     t = table()
     assert t["deployed"].sum() == len(DEPLOYED)
@@ -181,7 +229,8 @@ def test_table_carries_latency_accuracy_and_leaves_unknown_domination_empty():
     assert t.loc[~t["deployed"], "latency_ms_b1"].isna().all()
     stitches = family_table(SPECS, NUM_CLASSES)
     plain = stitch_table(stitches, pd.DataFrame(dict(stitch_id=[0, 1], score=[1.0, 2.0], interval=[0, 1])))
-    assert plain["dominated"].isna().all() and plain["test_accuracy"].isna().all()
+    assert plain["score_dominated"].isna().all() and plain["test_accuracy"].isna().all()
+    assert plain["dominated"].isna().all() and (plain["accuracy_split"] == "").all()
 
 
 def write_pngs(folder, n=3):
@@ -196,7 +245,7 @@ def write_pngs(folder, n=3):
 def test_predict_applies_the_task_transform_to_paths_pil_and_tensors(palettes, tmp_path):
     folder, model = palettes[0]["esta"]
     paths = write_pngs(tmp_path)
-    palette = Palette.load(folder).select(stitch_id=9)
+    palette = load(folder).select(stitch_id=9)
     pred = palette.predict(paths, batch_size=2)
     x = torch.stack([eval_transform(IMG)(load_rgb(p)) for p in paths])
     prob = model(x, 9).softmax(-1)
@@ -218,7 +267,7 @@ def test_cli_palette_and_predict(palettes, tmp_path, capsys):
     assert "23 stitches, 6 deployed" in out and "latency_ms_b32" in out and "T0 (" in out
     assert main(["predict", str(folder), "--stitch-id", "12", *map(str, paths)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    expect = Palette.load(folder).select(stitch_id=12).predict(paths)
+    expect = load(folder).select(stitch_id=12).predict(paths)
     assert lines == [f"{p}\t{c}\t{q:.4f}\tstitch 12" for p, c, q in zip(expect["image"], expect["class"],
                                                                         expect["probability"])]
     t = table()
@@ -227,6 +276,9 @@ def test_cli_palette_and_predict(palettes, tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith(f"stitch {choose(t, max_gmacs=gmacs[7])}")
     assert main(["predict", str(folder), "--max-latency-ms", "3.5", str(paths[0])]) == 0
     assert capsys.readouterr().out.strip().endswith("stitch 2")  # latencies 1, 2, 3 ms for ids 0, 1, 2
+    # options after the positionals, and between them
+    assert main(["predict", str(folder), str(paths[0]), "--stitch-id", "12", str(paths[1]), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.strip().splitlines() == lines
 
 
 @pytest.mark.parametrize("args, message", [
@@ -252,21 +304,24 @@ def test_cli_unreadable_image_is_named(palettes, tmp_path, capsys):
 
 def test_bundle_makes_a_self_contained_folder_and_a_changed_anchor_is_refused(palettes, tmp_path, capsys):
     folder = shutil.copytree(palettes[0]["esta"][0], tmp_path / "moved" / "palette")  # its anchor paths break
-    with pytest.raises(PaletteError, match="anchor T0: .* is missing"):
-        Palette.load(folder)
-    assert main(["palette", str(folder), "--bundle", "--anchors", *map(str, palettes[1])]) == 0
-    capsys.readouterr()
+    with pytest.raises(PaletteError, match=r"anchors\[0\] \(T0\): .* is missing"):
+        load(folder)
+    anchors = [a for f in palettes[1] for a in ("--anchors", str(f))]
+    assert main(["palette", "--bundle", *anchors, str(folder)]) == 0  # options before the positional
+    assert "bundled 3 anchors" in capsys.readouterr().err
     x = make_images(2)
     ref = palettes[0]["esta"][1](x, 4)
-    assert torch.equal(Palette.load(folder).select(stitch_id=4)(x), ref)  # anchors found in anchors/
-    with open(folder / "anchors" / "anchor1.safetensors", "r+b") as f:
+    assert (load(folder).select(stitch_id=4)(x) - ref).abs().max() <= 1e-5  # anchors found in anchors/
+    assert sorted(p.name for p in (folder / "anchors").iterdir()) == ["T0.safetensors", "T1.safetensors",
+                                                                       "T2.safetensors"]  # the records' names
+    with open(folder / "anchors" / "T1.safetensors", "r+b") as f:
         f.seek(-1, 2)
         last = f.read(1)
         f.seek(-1, 2)
         f.write(bytes([last[0] ^ 1]))
     assert main(["predict", str(folder), "--stitch-id", "4", str(write_pngs(tmp_path, 1)[0])]) == 2
     err = capsys.readouterr().err
-    assert "anchor T1:" in err and "anchor1.safetensors has sha256" in err and len(err.splitlines()) == 1
+    assert "anchors[1] (T1):" in err and "T1.safetensors has sha256" in err and len(err.splitlines()) == 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -276,11 +331,11 @@ def test_bundle_makes_a_self_contained_folder_and_a_changed_anchor_is_refused(pa
 FRESH = textwrap.dedent("""
     import sys, torch
     from safetensors.torch import load_file, save_file
-    from esta import Palette
+    from esta.__main__ import load_palette
     torch.set_num_threads(1)
     folder, inputs, out, export_dir = sys.argv[1:5]
     args = [v for _, v in sorted(load_file(inputs).items())]
-    palette = Palette.load(folder)
+    palette = load_palette(folder)
     save_file({str(s): palette.select(stitch_id=int(s))(*args) for s in palette.table["stitch_id"]}, out)
     for sid in palette.table.loc[palette.table["deployed"], "stitch_id"]:
         palette.export(int(sid), export_dir)

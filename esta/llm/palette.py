@@ -4,51 +4,77 @@
 A Stitched LLaMA palette stores the trained ``TunableLlama``'s task tensors: the shared LoRA, the
 stitch biases and the stitching layers (LS-fitted on the task's tokens, frozen under PST), in fp32
 (the precision policy's master weights), plus the tokenizer; the two anchors are HF folders named by
-their files' sha256. Loading rebuilds the model as the workflow's ``esta.llm.build`` does; the budget
-is a stitch's parameter count (``max_params``), and ``generate`` answers prompts greedily.
+the sha256 of every file in them. Loading rebuilds the model as the workflow's ``esta.llm.build`` does
+and readies it for serving (``TunableLlama.for_inference``: LoRA merged once, a stitch's biases copied
+into its linears on ``select``), so prefill and every decoded token call the modules directly, as the
+export does. The budget is a stitch's parameter count (``max_params``); ``generate`` answers greedily.
+
+A stitch is not a ``transformers`` architecture: its layers come from two models of different width
+and depth, joined by a linear no LLaMA config describes. Its export (``esta.llm.export``) is therefore a
+self-describing folder -- ``model.safetensors`` under ``StitchedLlama`` names, ``stitch_config.json``
+with both anchors' ``LlamaConfig`` and the stitch, the tokenizer -- that ``esta.llm.export.load_stitch``
+rebuilds from ``transformers``' own LLaMA modules.
 """
 
 from __future__ import annotations
 
-import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from esta.llm.build import assemble, load_tokenizer, stitched
+from esta.llm.build import assemble, load_tokenizer, stitched, tuning_config
 from esta.llm.tuning import TunableLlama
-from esta.palette import TENSORS, anchor_record, write_palette
+from esta.palette import TENSORS, Palette, PaletteError, anchor_record, task_tensors, write_palette
 from esta.tensors import copy_into, load_tensors_file
+from esta.trust import check_files, validate
 
-__all__ = ["task_tensors", "write", "load_model", "forward", "generate", "export", "TOKENIZER"]
+__all__ = ["KIND", "load", "check_meta", "write", "load_model", "forward", "generate", "export", "example_inputs", "TOKENIZER"]
 
+KIND = "llm"
 TOKENIZER = "tokenizer"
 
 
-def task_tensors(model: TunableLlama) -> dict[str, torch.Tensor]:
-    """Everything that trains (LoRA, stitch biases) plus the stitching layers' own weights and biases."""
-    out = dict(model.trainable())
-    for name, p in model.named_parameters():
-        if name.startswith("net.stitch_layers.") and "lora_" not in name:
-            out.setdefault(name, p)
-    return {k: v.detach() for k, v in out.items()}
+def load(path: str | Path, anchors=None, device: str = "cpu", verify: bool = False) -> Palette:
+    """``esta.palette.Palette.load`` of a Stitched LLaMA palette."""
+    return Palette.load(path, sys.modules[__name__], anchors, device, verify)
+
+
+def check_meta(meta: dict, where: Path) -> None:
+    """Refuse, naming the field, an LLM ``palette.json`` that does not describe a buildable model
+    (the family's schema, then ``LlamaTuningConfig``'s own checks) -- before transformers sees anything."""
+    validate(meta, "esta.llm", where)
+    try:
+        tuning_config(meta["pst"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise PaletteError(f"{where}: field pst: {err}") from err
 
 
 def write(out: str | Path, model: TunableLlama, table: pd.DataFrame, *, folders: list[str | Path], dtype: str,
           rule: str, pst: dict, tokenizer: str | Path, settings: dict) -> Path:
     """Write the palette folder of a trained Stitched LLaMA: task tensors, table, the tokenizer files
-    (``tokenizer/``) and the anchor folders by name and sha256 (``settings``: what else to record)."""
+    (``tokenizer/``) and the anchor folders by name and the sha256 of every file in them
+    (``settings``: what else to record)."""
+    import shutil
+
     out = Path(out)
     records = [anchor_record(f"anchor{i}", f, out) for i, f in enumerate(folders)]
-    meta = dict(kind="llm", method="esta", dtype=dtype, rule=rule, pst=pst, anchors=records,
-                macs_unit="token", **settings)
-    return write_palette(out, task_tensors(model), meta, table,
-                         extra=lambda tmp: shutil.copytree(tokenizer, tmp / TOKENIZER))
+    meta = dict(kind=KIND, method="esta", dtype=dtype, rule=rule, pst=pst, anchors=records,
+                macs_unit="token", serving="shared adapters merged", **settings)
+
+    def copy_tokenizer(tmp: Path) -> list[str]:
+        shutil.copytree(tokenizer, tmp / TOKENIZER)
+        return sorted(f.relative_to(tmp).as_posix() for f in (tmp / TOKENIZER).rglob("*") if f.is_file())
+
+    return write_palette(out, task_tensors(model), meta, table, extra=copy_tokenizer)
 
 
 def load_model(folder: Path, meta: dict, anchors: list[Path], device: str = "cpu") -> TunableLlama:
-    """Anchors -> stitched by the palette's rule -> PST -> the palette's tensors copied in."""
+    """Anchors -> stitched by the palette's rule -> PST -> the palette's tensors copied in. The
+    tokenizer folder must hold only the files the palette lists (their digests are checked already)."""
+    tok = {k.removeprefix(f"{TOKENIZER}/"): v for k, v in meta["files"].items() if k.startswith(f"{TOKENIZER}/")}
+    check_files(tok, folder / TOKENIZER, f"files/{TOKENIZER}", complete=True)
     net, _ = stitched(anchors, meta["dtype"], rule=meta["rule"])
     model = assemble(net, meta["pst"])
     params = dict(model.named_parameters())
@@ -60,8 +86,16 @@ def load_model(folder: Path, meta: dict, anchors: list[Path], device: str = "cpu
 def forward(model: TunableLlama, stitch_id: int, input_ids: torch.Tensor,
             attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Logits (B, T, V) of one stitch."""
+    device = next(model.parameters()).device
     with torch.no_grad():
-        return model(input_ids, attention_mask, stitch_id)
+        return model(input_ids.to(device), None if attention_mask is None else attention_mask.to(device), stitch_id)
+
+
+def example_inputs(palette, batch: int, generator: torch.Generator, seq_len: int = 64) -> tuple[torch.Tensor, ...]:
+    """Random token ids (B, seq_len) and an all-ones mask (``esta.profile``: a prefill of seq_len tokens)."""
+    vocab = palette.model.net.anchors[0].config.vocab_size
+    ids = torch.randint(0, vocab, (batch, seq_len), generator=generator)
+    return ids, torch.ones_like(ids)
 
 
 def generate(palette, prompts: list[str], max_new_tokens: int, template: bool) -> list[str]:

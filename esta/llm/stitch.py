@@ -44,7 +44,8 @@ class StitchedLlama(nn.Module):
 
     The stitch is an argument, never stored state. ``overrides`` maps qualified parameter names to
     tensors used in their place for one call (``torch.func.functional_call`` layer by layer); PST
-    passes each stitch's own biases this way. With ``checkpointing`` each decoder layer is recomputed
+    passes each stitch's own biases this way while training. Without overrides (inference: a palette
+    readied by ``TunableLlama.for_inference``, an export) every module is called directly. With ``checkpointing`` each decoder layer is recomputed
     in backward (non-reentrant, so the overrides are applied again on recomputation).
     """
 
@@ -112,8 +113,10 @@ class StitchedLlama(nn.Module):
             layer = model.layers[i]
             if self.checkpointing and torch.is_grad_enabled():
                 h = checkpoint(functional_call, layer, mine, (h,), kwargs, use_reentrant=False)
-            else:
+            elif mine:
                 h = functional_call(layer, mine, (h,), kwargs)
+            else:  # nothing to substitute (inference): functional_call would walk the layer's parameters
+                h = layer(h, **kwargs)
         return h
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, stitch_id: int,
@@ -135,7 +138,8 @@ class StitchedLlama(nn.Module):
                 layer = self.stitch_layers[s.front][s.layer]
                 # explicit casts: into the layer's own dtype (fp32 while training) and back into the
                 # end anchor's, so a bf16 pair runs without autocast too
-                h = functional_call(layer, mine, (h.to(self_or_base(layer).weight.dtype),))
+                h = h.to(self_or_base(layer).weight.dtype)
+                h = functional_call(layer, mine, (h,)) if mine else layer(h)
                 h = h.to(self.anchors[s.end].model.norm.weight.dtype)
             h = self._decode(anchor, layers, h, attention_mask, position_ids, caches, overrides)
         end = self.anchors[s.end]

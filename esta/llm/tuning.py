@@ -19,9 +19,11 @@ dtype; a stitch bias is cast to the dtype of the linear it joins (a differentiab
 gradient reaches the fp32 master).
 
 The biases are separate parameters (one ``ParameterList`` per stitch, names kept beside it), so a
-stitch not sampled in a step gets ``grad=None`` and AdamW leaves it alone. They reach the forward as
-``overrides`` of the stitched model (``torch.func.functional_call`` per layer); the stitch is an
-argument, never stored state.
+stitch not sampled in a step gets ``grad=None`` and AdamW leaves it alone. While training they reach
+the forward as ``overrides`` of the stitched model (``torch.func.functional_call`` per layer); the
+stitch is an argument, never stored state. For serving (spec §12, ``for_inference``) the LoRA is merged
+once (``W + ΔW`` in fp32, as ``esta.llm.export`` computes it) and a stitch's biases are copied into its
+linears in place (``activate``), so prefill and every decoded token call the modules directly.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ class TunableLlama(nn.Module):
         self._joins: dict[str, torch.dtype] = {}  # stitch-bias name -> dtype of the linear it joins
         self._bias_names: list[list[str]] = []  # _bias_names[s][i] names what biases[s][i] stands in for
         self._theta: dict[int, list[nn.Parameter]] = {}
+        self.deployed, self._active, self._slots = False, None, []  # for_inference / activate
         for s in net.table:
             names, params = [], []
             if cfg.stitch_biases:
@@ -141,13 +144,60 @@ class TunableLlama(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, stitch_id: int,
                 **kw) -> torch.Tensor:
+        if self.deployed:
+            self.activate(stitch_id)
+            return self.net(input_ids, attention_mask, stitch_id, **kw)
         return self.net(input_ids, attention_mask, stitch_id, overrides=self.overrides(stitch_id), **kw)
+
+    @torch.no_grad()
+    def for_inference(self) -> TunableLlama:
+        """Ready the model for serving, once and in place: eval mode, every LoRA merged into its base
+        weight (``W + ΔW`` computed in fp32 and stored in ``W``'s dtype, exactly as
+        ``esta.llm.export.path_state_dict`` does) and unwrapped, nothing requires grad, and every
+        linear that a stitch owns a bias for given a ``bias`` to copy it into (``activate``)."""
+        if self.deployed:
+            return self
+        self.eval()
+        for name, m in list(self.net.named_modules()):
+            if isinstance(m, LoraLayer):
+                base = m.get_base_layer()
+                delta = sum(m.get_delta_weight(a).float() for a in m.active_adapters if a in m.lora_A)
+                base.weight.copy_((base.weight.float() + delta).to(base.weight.dtype))
+                parent, _, child = name.rpartition(".")
+                setattr(self.net.get_submodule(parent), child, base)
+        self.requires_grad_(False)
+        for names, own in zip(self._bias_names, self.biases):
+            row = []
+            for n, b in zip(names, own):
+                linear = self.net.get_submodule(n.removesuffix(".base_layer.bias"))
+                if linear.bias is None:  # a LLaMA linear: give it the bias a stitch adds
+                    linear.bias = nn.Parameter(linear.weight.new_zeros(linear.out_features), requires_grad=False)
+                row.append((linear.bias, b))
+            self._slots.append(row)
+        self.deployed, self._active = True, None
+        return self
+
+    @torch.no_grad()
+    def activate(self, stitch_id: int) -> None:
+        """Copy stitch ``stitch_id``'s own biases into the linears of its path, in place (after
+        ``for_inference``; nothing is copied when it is active already)."""
+        if not self.deployed:
+            raise RuntimeError("activate() needs for_inference() first: while training, biases are overrides")
+        if self._active == stitch_id:
+            return
+        self.net.stitch(stitch_id)  # range check, naming the valid ids
+        for linear_bias, own in self._slots[stitch_id]:
+            linear_bias.copy_(own)
+        self._active = stitch_id
 
     def stop_ids(self, stitch_id: int, eos_token_id: int | list[int] | None = None) -> list[int]:
         """Ids that end generation (``StitchedLlama.stop_ids``)."""
         return self.net.stop_ids(stitch_id, eos_token_id)
 
     def generate(self, input_ids, attention_mask, stitch_id: int, max_new_tokens: int, **kw) -> torch.Tensor:
+        if self.deployed:
+            self.activate(stitch_id)
+            return self.net.generate(input_ids, attention_mask, stitch_id, max_new_tokens, **kw)
         return self.net.generate(input_ids, attention_mask, stitch_id, max_new_tokens,
                                  overrides=self.overrides(stitch_id), **kw)
 

@@ -84,7 +84,10 @@ def merged_path(model: TunableViT, stitch_id: int) -> nn.Module:
         with torch.no_grad():
             for name, p in model.biases_for(stitch_id).items():
                 old = next(o for o in prefixes if name.startswith(o))
-                params[prefixes[old] + name.removeprefix(old)].copy_(p)
+                key = prefixes[old] + name.removeprefix(old)
+                if key not in params:  # a model readied for_inference has its LoRA merged and unwrapped
+                    key = key.replace(".base_layer.", ".")
+                params[key].copy_(p)
     if model.cfg.mode == "full":
         return standalone  # SN-Net: no PEFT to merge
     from peft.tuners.tuners_utils import BaseTunerLayer  # imported lazily, see esta.vit.tuning

@@ -4,37 +4,43 @@ What a ViT palette stores is what the trained ``TunableViT`` holds beyond the sh
 its trainable tensors (PST: shared LoRA / DoRA / IA³ / adapters, stitch biases, heads; SN-Net: every
 anchor, head and stitching layer) and the stitching layers, which PST keeps frozen but which least
 squares fitted on the task's own images. Loading rebuilds the model as the workflow's ``assemble``
-does and copies those tensors in, so a palette stitch computes exactly what the trained model does.
-Images go through the task's own eval transform (spec §8), recorded in the palette.
+does, copies those tensors in and readies it for serving (``TunableViT.for_inference``: the shared
+LoRA / DoRA / IA³ merged once, a stitch's biases copied in place on ``select``), so a palette stitch
+computes what the trained model does at the speed of its export. Images go through the task's own eval
+transform (spec §8), recorded in the palette.
+
+``check_meta`` is what makes a palette from someone else safe to build: the family's JSON Schema
+(``esta/vit/palette.schema.json``: family rows with allow-listed timm kwargs, no ``hf-hub:`` /
+``local-dir:`` names, the tuning keys), known timm names and family names, and as many anchor files as
+the family has anchors (ESTA) -- all before timm sees anything.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from esta.palette import PaletteError, anchor_record, write_palette
+from esta.palette import TENSORS, Palette, PaletteError, anchor_record, task_tensors, write_palette
 from esta.tensors import copy_into, load_tensors_file
+from esta.trust import validate
 from esta.vit.anchors import AnchorSpec, family
 from esta.vit.build import anchor_arch, assemble
 from esta.vit.tuning import TunableViT, TuningConfig, is_adapter_param
 
-__all__ = ["task_tensors", "family_record", "transform_record", "write", "load_model", "forward", "predict",
-           "export", "paper_storage"]
+__all__ = ["KIND", "load", "check_meta", "family_record", "transform_record", "write", "load_model", "forward",
+           "predict", "export", "export_onnx", "example_inputs", "paper_storage"]
+
+KIND = "vit"
 
 
-def task_tensors(model: TunableViT) -> dict[str, torch.Tensor]:
-    """The task-specific tensors of a trained model by parameter name: everything that trains, plus
-    the stitching layers' own weights and biases (LS-fitted on the task; frozen under PST)."""
-    out = dict(model.trainable())
-    for name, p in model.named_parameters():
-        if name.startswith("net.stitch_layers.") and not is_adapter_param(name):
-            out.setdefault(name, p)
-    return {k: v.detach() for k, v in out.items()}
+def load(path: str | Path, anchors=None, device: str = "cpu", verify: bool = False) -> Palette:
+    """``esta.palette.Palette.load`` of a ViT palette."""
+    return Palette.load(path, sys.modules[__name__], anchors, device, verify)
 
 
 def family_record(fam: str | tuple[AnchorSpec, ...]) -> str | list[dict]:
@@ -44,6 +50,30 @@ def family_record(fam: str | tuple[AnchorSpec, ...]) -> str | list[dict]:
 
 def _family(rec: str | list[dict]) -> str | tuple[AnchorSpec, ...]:
     return rec if isinstance(rec, str) else tuple(AnchorSpec(**r) for r in rec)
+
+
+def check_meta(meta: dict, where: Path) -> None:
+    """Refuse, naming the field, a ViT ``palette.json`` that could make the build load or download
+    anything beyond its checked files, or that does not describe a buildable model."""
+    import timm
+
+    validate(meta, "esta.vit", where)
+    rec = meta["family"]
+    if isinstance(rec, list):
+        for i, row in enumerate(rec):
+            if not timm.is_model(row["timm_name"]):
+                raise PaletteError(f"{where}: field family/{i}/timm_name: {row['timm_name']!r} is not a timm model")
+    try:
+        n = len(family(_family(rec)))
+        TuningConfig(**meta["tuning"])
+    except ValueError as err:
+        raise PaletteError(f"{where}: field {'family' if 'family' in str(err) else 'tuning'}: {err}") from err
+    if meta["method"] == "esta" and len(meta["anchors"]) != n:
+        raise PaletteError(f"{where}: field anchors: an ESTA palette of a {n}-anchor family must name {n} "
+                           f"pretrained anchors, it names {len(meta['anchors'])}")
+    if len(meta["classes"]) != meta["num_classes"]:
+        raise PaletteError(f"{where}: field classes: {len(meta['classes'])} names for num_classes "
+                           f"{meta['num_classes']}")
 
 
 def transform_record(task: str, manifest: dict, img_size: int, described: dict) -> dict:
@@ -62,20 +92,21 @@ def write(out: str | Path, model: TunableViT, table: pd.DataFrame, *, fam, metho
     ``settings``: what else to record (variant, task, seed, training metadata, ...)."""
     out = Path(out)
     names = [s.name for s in family(fam)]
-    records = [anchor_record(n, f, out) for n, f in zip(names, anchor_files)] if anchor_files else []
+    records = [anchor_record(n, f, out) for n, f in zip(names, anchor_files, strict=True)] if anchor_files else []
     classes = manifest.get("classes") or [str(i) for i in range(manifest["num_classes"])]
-    meta = dict(kind="vit", method=method, family=family_record(fam), num_classes=manifest["num_classes"],
-                classes=classes, transform=transform, tuning=tuning.to_dict(), anchors=records, **settings)
+    serving = ("shared adapters merged" if model.merged_adapters
+               else f"{tuning.peft} adapters unmerged (bottleneck modules run beside each linear)")
+    meta = dict(kind=KIND, method=method, family=family_record(fam), num_classes=manifest["num_classes"],
+                classes=classes, transform=transform, tuning=tuning.to_dict(), anchors=records, serving=serving,
+                **settings)
     return write_palette(out, task_tensors(model), meta, table)
 
 
 def load_model(folder: Path, meta: dict, anchors: list[Path], device: str = "cpu") -> TunableViT:
     """The trained model of a palette: anchors (pretrained files for PST, none for SN-Net) -> stitched
     -> the same trainable set -> the palette's tensors copied in."""
-    from esta.palette import TENSORS
-
     fam, cfg = _family(meta["family"]), TuningConfig(**meta["tuning"])
-    files = anchors or [None] * len(family(fam))
+    files = anchors if meta["method"] == "esta" else [None] * len(family(fam))  # SN-Net: its own, in the tensors
     model = assemble(fam, meta["num_classes"], files, None, cfg)
     tensors, _ = load_tensors_file(folder / TENSORS)
     copy_into(task_tensors_params(model), tensors, folder / TENSORS, f"the {meta['method']} model of family {fam}")
@@ -91,6 +122,13 @@ def task_tensors_params(model: TunableViT) -> dict[str, torch.nn.Parameter]:
 def forward(model: TunableViT, stitch_id: int, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(x.to(next(model.parameters()).device), stitch_id)
+
+
+def example_inputs(palette, batch: int, generator: torch.Generator, seq_len: int | None = None) -> tuple[torch.Tensor]:
+    """Random images (B, 3, S, S) at the palette's input size (``esta.profile``: latency does not
+    depend on the pixels; ``seq_len`` is the LLM family's and has no meaning for an image)."""
+    size = palette.meta["transform"]["img_size"]
+    return (torch.randn(batch, 3, size, size, generator=generator),)
 
 
 def eval_transform_of(meta: dict):
@@ -156,6 +194,39 @@ def export(palette, stitch_id: int, out_dir: Path) -> Path:
                 trained_in=meta.get("trained_in"), test_accuracy=row["test_accuracy"], transform=meta["transform"],
                 training=meta.get("training", {}), palette=str(palette.path))
     return export_stitch(palette.model, stitch_id, out_dir, anchor_arch(_family(meta["family"])), prov)
+
+
+def export_onnx(palette, stitch_id: int, out_dir: Path) -> Path:
+    """Stitch ``stitch_id`` as ``<out_dir>/stitch_<id>.onnx``: the standalone model the safetensors
+    export holds (``esta.vit.export.merged_path``: path modules only, LoRA merged, biases baked in)
+    through ``torch.onnx.export`` with a dynamic batch axis; input ``images`` (B, 3, S, S) after the
+    task's eval transform, output ``logits`` (B, classes). The palette's classes, transform and stitch
+    are recorded as the model's metadata. Written beside, then renamed."""
+    import json
+
+    import onnx
+
+    from esta.vit.export import merged_path
+
+    meta = palette.meta
+    standalone = merged_path(palette.model, stitch_id).eval()
+    size = meta["transform"]["img_size"]
+    x = torch.zeros(2, 3, size, size, device=palette.device)
+    out = Path(out_dir) / f"stitch_{stitch_id:03d}.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.onnx.export(standalone, (x,), input_names=["images"], output_names=["logits"],
+                                dynamic_shapes={"x": {0: batch}}, dynamo=True, external_data=False)
+    program.save(str(tmp))
+    model = onnx.load(str(tmp))
+    info = dict(stitch_id=stitch_id, classes=meta["classes"], transform=meta["transform"], method=meta["method"],
+                task=meta.get("task"), palette=str(palette.path), format="esta-stitch-onnx/1")
+    for k, v in info.items():
+        model.metadata_props.add(key=k, value=json.dumps(v))
+    onnx.save(model, str(tmp))
+    os.replace(tmp, out)
+    return out
 
 
 def paper_storage(family_name: str = "vit-ti-s-b", num_classes: int = 100, rank: int = 8) -> pd.DataFrame:

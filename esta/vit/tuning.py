@@ -12,8 +12,14 @@ PST freezes the anchors and the least-squares-initialised stitching layers and t
 
 Stitch-specific biases are separate ``nn.Parameter`` objects (one ``ParameterDict`` per stitch), so
 biases of stitches not sampled in a step get ``grad=None`` and AdamW leaves them untouched (no
-momentum, no decay). They are passed into the forward with ``torch.func.functional_call``; the
-stitch is an argument, never stored state.
+momentum, no decay). While training they are passed into the forward with
+``torch.func.functional_call``; the stitch is an argument, never stored state.
+
+For serving (spec §12, ``for_inference``) the model is readied once: the shared LoRA / DoRA / IA³ is
+merged into the base weights and the wrappers removed, and a forward copies its stitch's own biases
+into the linears in place (``activate``: a few vectors, nothing when the stitch is already active), so
+a stitch runs at the speed of its standalone export. Bottleneck adapters (Houlsby, AdaptFormer) cannot
+be merged and stay as modules (``merged_adapters`` says which).
 
 ``mode="full"`` is SN-Net's direct adaptation: every parameter of anchors, stitching layers and
 heads trains. ``stitch_biases=False`` is the ablation where PST trains the shared biases instead.
@@ -143,6 +149,7 @@ class TunableViT(nn.Module):
         self.cfg = cfg
         self.net = net
         self._theta: dict[int, list[nn.Parameter]] = {}  # importance_params cache
+        self.deployed, self._active, self._slots = False, None, {}  # for_inference / activate
         if cfg.mode == "full":
             net.requires_grad_(True)
             self.biases = None
@@ -191,7 +198,56 @@ class TunableViT(nn.Module):
     def forward(self, x: torch.Tensor, stitch_id: int) -> torch.Tensor:
         if self.biases is None:
             return self.net(x, stitch_id)
+        if self.deployed:
+            self.activate(stitch_id)
+            return self.net(x, stitch_id)
         return functional_call(self.net, self.biases_for(stitch_id), (x, stitch_id))
+
+    @property
+    def merged_adapters(self) -> bool:
+        """Whether ``for_inference`` merges the shared PEFT module away (all but bottleneck adapters)."""
+        return self.cfg.mode == "full" or self.cfg.peft not in ("adapter", "adaptformer")
+
+    @torch.no_grad()
+    def for_inference(self) -> TunableViT:
+        """Ready the model for serving, once and in place (see the module docstring): eval mode, every
+        peft layer (LoRA, DoRA, IA³ on anchor blocks and stitching layers) merged into its base linear
+        and unwrapped, nothing requires grad, and each stitch's biases bound to the linears they stand
+        in for. The model then serves only: its trainable set is gone."""
+        if self.deployed:
+            return self
+        from peft.tuners.tuners_utils import BaseTunerLayer  # imported lazily, see inject_peft
+
+        self.eval()
+        for name, module in list(self.net.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                module.merge(safe_merge=True)
+                parent, _, child = name.rpartition(".")
+                setattr(self.net.get_submodule(parent), child, module.get_base_layer())
+        self.requires_grad_(False)
+        if self.biases is not None:
+            params = dict(self.net.named_parameters())
+
+            def target(key: str) -> nn.Parameter:  # a merged wrapper's base_layer is now the linear itself
+                name = key.replace(_SEP, ".")
+                return params[name] if name in params else params[name.replace(".base_layer.", ".")]
+
+            self._slots = {int(sid): [(target(k), p) for k, p in own.items()] for sid, own in self.biases.items()}
+        self.deployed, self._active = True, None
+        return self
+
+    @torch.no_grad()
+    def activate(self, stitch_id: int) -> None:
+        """Copy stitch ``stitch_id``'s own biases into the linears of its path, in place (after
+        ``for_inference``); nothing is copied when it is active already, or when stitches share biases."""
+        if not self.deployed:
+            raise RuntimeError("activate() needs for_inference() first: while training, biases are arguments")
+        if self._active == stitch_id or self.biases is None:
+            return
+        self.net.stitch(stitch_id)  # range check, naming the valid ids
+        for linear_bias, own in self._slots[int(stitch_id)]:
+            linear_bias.copy_(own)
+        self._active = stitch_id
 
     def loss(self, batch: tuple[torch.Tensor, ...], stitch_id: int) -> torch.Tensor:
         """Cross-entropy of stitch ``stitch_id`` on a batch ``(images, labels)``: what the training

@@ -1,8 +1,24 @@
-# The palette: what a user deploys (spec §12). Per run: the latency of every deployed stitch on this
-# machine, then one folder with the task tensors, the stitch table and the anchors by sha256
-# (esta.palette). Across runs: results/tables/latency.csv and results/tables/storage.csv.
+# The palette: what a user deploys (spec §12). Per run: one folder with the task tensors, the stitch
+# table and the anchors by sha256 (esta.palette), built without latency (palette_unprofiled); then
+# palette_latency loads it as a user would (esta.profile: the served path, shared adapters merged),
+# times every deployed stitch on this machine and writes the final folder with its latency columns.
+# Across runs: results/tables/latency.csv and results/tables/storage.csv.
+SCHEMAS = ["esta/palette.schema.json"]
 PALETTE_CODE = code("palette", "vit/palette", "vit/build", "vit/data", "vit/metrics")
+PALETTE_SCHEMAS = SCHEMAS + ["esta/vit/palette.schema.json"]
 LLM_PALETTE_CODE = code("palette", "llm/palette") + LLM_CODE
+LLM_PALETTE_SCHEMAS = SCHEMAS + ["esta/llm/palette.schema.json"]
+PROFILE_CODE = code("profile", "__main__")  # palette_family: the entry point knows the families
+
+
+def palette_selection(w):
+    """Selection-split accuracy of every stitch, where the run measured it on the palette's own model
+    (SN-Net's deploy step, ESTA's `evaluate` selection): the accuracy a budget chooses by."""
+    if eval_mode() != "tuning":
+        return {}
+    if w.method == "snnet" or method_config(w.variant)["deploy"]["score"] == "evaluate":
+        return dict(selection=f"{run_dir(w)}/tuning/stitch_accuracy_selection.csv")
+    return {}
 
 
 # the runs of the default variant the tables cover (their wildcards, in the order of the inputs)
@@ -19,14 +35,15 @@ LLM_PALETTE_RUNS = [
 
 
 rule palette_latency:
-    """Latency of every deployed stitch of a run, batch 1 and 32 (the palette table carries it)."""
+    """Every deployed stitch of a run's palette timed on this machine, batch 1 and 32, through the
+    served path (esta.profile, as `python -m esta profile` does); the palette with its latency columns."""
     input:
-        unpack(model_inputs),
-        deployed=f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/tuning/deployed.csv",
-        data=f"{R}/data/{{task}}/manifest.json",
-        code=PALETTE_CODE,
+        palette=f"{R}/{{method}}/{{variant}}/{{task}}/palette_unprofiled/seed{{seed}}",
+        schemas=PALETTE_SCHEMAS,
+        code=PALETTE_CODE + PROFILE_CODE,
     output:
-        f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/latency.csv",
+        palette=directory(f"{R}/{{method}}/{{variant}}/{{task}}/palette/seed{{seed}}"),
+        latency=f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/latency.csv",
     log:
         f"{R}/logs/palette_latency/{{method}}/{{variant}}/{{task}}/seed{{seed}}.log",
     benchmark:
@@ -36,16 +53,14 @@ rule palette_latency:
     threads: heavy_threads()
     params:
         torch_threads=config["threads"],
-        family=FAMILY,
-        method=lambda w: method_config(w.variant),
-        img_size=config["data"]["img_size"],
         latency=config["palette"]["latency"],
     script:
         "../scripts/palette_latency.py"
 
 
 rule palette:
-    """One task's palette: task tensors, stitch table, classes and transform, anchors by sha256."""
+    """One task's palette before its latency is measured: task tensors, stitch table, classes and
+    transform, anchors by sha256."""
     input:
         unpack(model_inputs),
         # test accuracy of the deployed stitches and, where the palette's model is the tuning-mode
@@ -62,13 +77,14 @@ rule palette:
                 ),
             )
         ),
+        unpack(palette_selection),
         deployed=f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/tuning/deployed.csv",
-        latency=f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/latency.csv",
         stitches=f"{R}/tables/stitches.csv",
         data=f"{R}/data/{{task}}/manifest.json",
+        schemas=PALETTE_SCHEMAS,
         code=PALETTE_CODE,
     output:
-        directory(f"{R}/{{method}}/{{variant}}/{{task}}/palette/seed{{seed}}"),
+        temp(directory(f"{R}/{{method}}/{{variant}}/{{task}}/palette_unprofiled/seed{{seed}}")),
     log:
         f"{R}/logs/palette/{{method}}/{{variant}}/{{task}}/seed{{seed}}.log",
     benchmark:
@@ -90,14 +106,15 @@ rule palette:
 
 
 rule llm_palette_latency:
-    """Latency of every deployed Stitched LLaMA stitch: seq_len tokens at batch 1 and 32."""
+    """Every deployed Stitched LLaMA stitch of the palette timed on this machine (a prefill of seq_len
+    tokens at batch 1 and 32, esta.profile); the palette with its latency columns."""
     input:
-        model=f"{L}/esta/{{variant}}/seed{{seed}}/model.safetensors",
-        stitch=f"{L}/stitch_init.safetensors",
-        deployed=f"{L}/esta/{{variant}}/seed{{seed}}/deployed.csv",
-        code=LLM_PALETTE_CODE,
+        palette=f"{L}/esta/{{variant}}/seed{{seed}}/palette_unprofiled",
+        schemas=LLM_PALETTE_SCHEMAS,
+        code=LLM_PALETTE_CODE + PROFILE_CODE,
     output:
-        f"{L}/esta/{{variant}}/seed{{seed}}/latency.csv",
+        palette=directory(f"{L}/esta/{{variant}}/seed{{seed}}/palette"),
+        latency=f"{L}/esta/{{variant}}/seed{{seed}}/latency.csv",
     log:
         f"{R}/logs/llm_palette_latency/{{variant}}/seed{{seed}}.log",
     benchmark:
@@ -107,28 +124,25 @@ rule llm_palette_latency:
     threads: heavy_threads()
     params:
         torch_threads=config["threads"],
-        folders=LLM_FOLDERS,
-        dtype=LLM["dtype"],
-        stitch_rule=LLM["rule"],
-        pst=llm_pst,
         latency=config["palette"]["latency"],
     script:
-        "../scripts/palette_llm_latency.py"
+        "../scripts/palette_latency.py"
 
 
 rule llm_palette:
-    """The Stitched LLaMA palette of a run: task tensors, stitch table, tokenizer, anchors by sha256."""
+    """The Stitched LLaMA palette of a run before its latency is measured: task tensors, stitch table,
+    tokenizer, anchors by sha256."""
     input:
         model=f"{L}/esta/{{variant}}/seed{{seed}}/model.safetensors",
         stitch=f"{L}/stitch_init.safetensors",
         deployed=f"{L}/esta/{{variant}}/seed{{seed}}/deployed.csv",
         metrics=f"{L}/esta/{{variant}}/seed{{seed}}/metrics.csv",
-        latency=f"{L}/esta/{{variant}}/seed{{seed}}/latency.csv",
         stitches=f"{R}/tables/llm_stitches.csv",
         tokenizer=f"{L}/data/tokenizer",
+        schemas=LLM_PALETTE_SCHEMAS,
         code=LLM_PALETTE_CODE,
     output:
-        directory(f"{L}/esta/{{variant}}/seed{{seed}}/palette"),
+        temp(directory(f"{L}/esta/{{variant}}/seed{{seed}}/palette_unprofiled")),
     log:
         f"{R}/logs/llm_palette/{{variant}}/seed{{seed}}.log",
     benchmark:
@@ -186,6 +200,7 @@ rule storage_table:
         # the LLM anchors' folders are params (as in the LLM rules): a user's own folders are no job's
         llm_check=[f"{L}/anchors/check.json"] if LLM["enabled"] else [],
         code=code("palette", "vit/palette", "vit/info"),
+        schemas=SCHEMAS,
     output:
         f"{R}/tables/storage.csv",
     log:

@@ -1,5 +1,6 @@
-"""The palette of one run (spec §12): task tensors, stitch table (costs with the task's head, latency,
-score, test accuracy, deployed, dominated), classes and eval transform, anchors by name and sha256."""
+"""The palette of one run before its latency is measured (spec §12; palette_latency adds it): task
+tensors, stitch table (costs with the task's head, measured accuracy -- selection split where the run
+has it, else test -- score, deployed, dominated), classes and eval transform, anchors by name and sha256."""
 
 import pandas as pd
 
@@ -24,7 +25,8 @@ accuracy = pd.read_csv(inp.accuracy)  # the deployed stitches of the model the p
 # every stitch's test accuracy where it was measured on this model (tuning mode), the deployed ones' always
 test = pd.read_csv(inp.stitch_accuracy) if "stitch_accuracy" in inp.keys() else accuracy.iloc[:0]
 test = pd.concat([test[~test["stitch_id"].isin(accuracy["stitch_id"])], accuracy])[["stitch_id", "test_accuracy"]]
-table = stitch_table(stitches, deployed, pd.read_csv(inp.latency), test)
+selection = pd.read_csv(inp.selection) if "selection" in inp.keys() else None
+table = stitch_table(stitches, deployed, None, test, selection)
 transform = transform_record(w.task, manifest, p.img_size, describe_transform(p.normalize, p.family,
                                                                                p.fgvc_interpolation))
 settings = dict(variant=w.variant, task=w.task, seed=int(w.seed), trained_in=p.mode,

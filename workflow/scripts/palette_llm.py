@@ -1,5 +1,6 @@
-"""The Stitched LLaMA palette of one run (spec §11, §12): task tensors, stitch table (parameters, MACs
-per token, latency, score, exact match, deployed, dominated), tokenizer, anchors by name and sha256."""
+"""The Stitched LLaMA palette of one run before its latency is measured (spec §11, §12; palette_latency
+adds it): task tensors, stitch table (parameters, MACs per token, score, exact match as the measured
+accuracy, deployed, dominated), tokenizer, anchors by name and sha256."""
 
 import pandas as pd
 
@@ -15,7 +16,7 @@ net, _ = stitched(p.folders, p.dtype, stitch_init=inp.stitch, rule=p.stitch_rule
 model = assemble(net, p.pst, inp.model)
 # test accuracy of a deployed stitch: greedy exact match on the held-out records (llm_evaluate)
 test = pd.read_csv(inp.metrics).rename(columns={"em": "test_accuracy"})
-table = stitch_table(pd.read_csv(inp.stitches), pd.read_csv(inp.deployed), pd.read_csv(inp.latency), test)
+table = stitch_table(pd.read_csv(inp.stitches), pd.read_csv(inp.deployed), None, test)
 settings = dict(variant=w.variant, seed=int(w.seed), test_accuracy="exact match, held-out records",
                 training=read_meta(inp.model), provenance=runtime.provenance())
 out = write(snakemake.output[0], model, table, folders=p.folders, dtype=p.dtype, rule=p.stitch_rule, pst=p.pst,
