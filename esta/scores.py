@@ -98,7 +98,8 @@ def gate_visits(score: str, stats: pd.DataFrame) -> np.ndarray:
     (not gated)."""
     column = GATE_VISITS.get(score, "visits")
     if column not in stats:
-        raise ValueError(f"score {score!r} is gated on {column!r}, which the statistics lack (columns: {list(stats.columns)})")
+        raise ValueError(f"score {score!r} is gated on {column!r}, which the statistics lack "
+                         f"(columns: {list(stats.columns)})")
     return stats[column].to_numpy()
 
 

@@ -141,4 +141,17 @@ def test_paired_rule_reaches_the_llm_stitched_model(tmp_path):
     net = StitchedLlama(anchors, rule="paired")
     assert net.num_stitches == 2 + (3 * 4 - 2)
     assert len(net.stitch_layers[0]) == 3  # 3 windows -> 3 shared layers
-    assert VOCAB > 0
+    # a window's stitches run through its one shared stitching layer: changing it moves every one of
+    # them and no anchor
+    ids, mask = left_padded_batch()
+    shared = [s.stitch_id for s in net.table if not s.is_anchor and s.layer == 0]
+    other = [s.stitch_id for s in net.table if not s.is_anchor and s.layer != 0]
+    assert len(shared) > 1 and other
+    with torch.no_grad():
+        before = {sid: net(ids, mask, sid) for sid in [0, 1, *shared, *other]}
+        net.stitch_layers[0][0].weight.add_(0.5)
+        for sid in shared:
+            assert not torch.allclose(net(ids, mask, sid), before[sid]), sid
+        for sid in [0, 1, *other]:
+            assert torch.equal(net(ids, mask, sid), before[sid]), sid
+    assert before[0].shape[-1] == VOCAB

@@ -196,3 +196,50 @@ def test_memory_plan_of_the_paper_pair_fits_one_80gb_gpu_at_llama_yaml_batch():
     most = largest_batch("llama-7b-13b", seq, 80e9)
     assert batch <= most
     assert memory_plan("llama-7b-13b", most, seq)["total_bytes"] <= 0.9 * 80e9 < memory_plan("llama-7b-13b", most + 1, seq)["total_bytes"]
+
+
+def _storage_bytes(tensors, skip: frozenset = frozenset()) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (a view counts once), leaving out ``skip``."""
+    seen = {}
+    for t in tensors:
+        key = t.untyped_storage().data_ptr()
+        if key not in skip:
+            seen[key] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def test_memory_plan_counts_what_a_real_tiny_bf16_step_holds():
+    """The memory plan against the tensors a real PST step of the tiny pair in bf16 holds on this CPU:
+    frozen anchors, stitching layers, fp32 trainables and AdamW state counted exactly from the live
+    tensors, gradients bounded by the plan's, and the activations against the bytes autograd saves for
+    backward (parameters left out) in the costliest stitch, without checkpointing, within 10 %."""
+    from esta.llm.anchors import build_family
+    from esta.llm.memory import memory_plan
+    from esta.llm.tuning import LlamaTuningConfig
+
+    batch, seq = 2, 16
+    plan = memory_plan("tiny", batch, seq, dtype="bf16", grad_checkpointing=False)["bytes"]
+    net = StitchedLlama([a.to(torch.bfloat16) for a in build_family("tiny")])
+    model = make_tunable(net, LlamaTuningConfig()).train()
+    frozen = [p for n, p in net.named_parameters() if "lora_" not in n]  # what peft wraps, without the adapters
+    assert _storage_bytes(p for p in frozen if not p.dtype == torch.float32) == plan["anchors"]
+    assert _storage_bytes(p for p in frozen if p.dtype == torch.float32) == plan["stitching_layers"]
+    trainable = list(model.trainable().values())
+    assert _storage_bytes(trainable) == plan["trainable"]
+    params = frozenset(p.untyped_storage().data_ptr() for p in model.parameters())
+    opt = torch.optim.AdamW(model.param_groups(1e-3, None, 0.0))
+    ids = torch.randint(0, net.anchors[0].config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
+    saved_most = grads_most = 0
+    for sid in range(model.num_stitches):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            loss = model.loss((ids, torch.ones_like(ids), ids), sid)
+        saved_most = max(saved_most, _storage_bytes(saved, params))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grads_most = max(grads_most, _storage_bytes(p.grad for p in trainable if p.grad is not None))
+        opt.step()
+    assert 0 < grads_most <= plan["gradients"]  # one stitch's path at a time; the plan holds all
+    state = _storage_bytes(v for s in opt.state.values() for k, v in s.items() if k in ("exp_avg", "exp_avg_sq"))
+    assert state == plan["adamw_state"]  # every stitch stepped once: every trainable has its two moments
+    assert 0.9 * saved_most <= plan["activations"] <= 1.1 * saved_most, (plan["activations"], saved_most)

@@ -237,3 +237,18 @@ def test_anchor_folders_of_different_vocabularies_are_refused_before_any_job(tmp
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "different vocabularies" in out and folders[0] in out and folders[1] in out
+
+
+def test_too_few_held_out_records_for_the_choices_are_refused_when_the_dag_is_planned(tmp_path):
+    """A suite whose held-out set cannot give each multiple-choice item its distractors fails before any
+    job, naming llm.suite.n_test and llm.eval.mc_choices (llm_prepare failed on record 0 otherwise)."""
+    paths = tmp_path / "small.yaml"
+    paths.write_text(yaml.safe_dump(dict(llm=dict(suite=dict(n_test=2), eval=dict(mc_choices=3)))))
+    work = make_workdir(tmp_path / "work")
+    proc = snakemake(work, "-n", "--configfile", str(SMOKE), str(paths), "--", *TARGETS, check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "llm.suite.n_test = 2" in out and "llm.eval.mc_choices = 3" in out
+    assert not (work / "results").exists()  # no job ran
+    paths.write_text(yaml.safe_dump(dict(llm=dict(suite=dict(n_test=3), eval=dict(mc_choices=3)))))
+    assert snakemake(work, "-n", "--configfile", str(SMOKE), str(paths), "--", *TARGETS).returncode == 0

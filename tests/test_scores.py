@@ -161,7 +161,8 @@ def test_judge_run_compares_every_score_over_the_same_intervals_and_stitches():
     assert (oracle["deployed"], loss["deployed"]) == (4, 3) and (oracle["ranked"], loss["ranked"]) == (6, 5)
     assert oracle["auc"] == pytest.approx(0.65) and oracle["hypervolume"] == pytest.approx(0.6)
     # loss curve: u 0, 0.25, 0.75, 1 at 0.5, 0.4, 0.3, 0.9
-    assert loss["auc"] == pytest.approx(0.25 * 0.45 + 0.5 * 0.35 + 0.25 * 0.6) and loss["hypervolume"] == pytest.approx(0.5)
+    assert loss["auc"] == pytest.approx(0.25 * 0.45 + 0.5 * 0.35 + 0.25 * 0.6)
+    assert loss["hypervolume"] == pytest.approx(0.5)
     # rho over the stitches both can rank (not stitch 3, which has no loss): {0, 1, 2, 4, 5}, n = 5; the loss
     # ranks them 0, 2, 4, 5, 1 (worst first), accuracy 5, 2, 0, 4, 1: d^2 = 4 + 0 + 0 + 1 + 9 = 14
     assert loss["rho"] == pytest.approx(1 - 6 * 14 / (5 * 24)) and loss["rho_n"] == oracle["rho_n"] == 5

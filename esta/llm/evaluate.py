@@ -15,6 +15,9 @@ Every function takes a stitched model ``model(input_ids, attention_mask, stitch_
 - ``stitch_metrics``: the table of all of these per stitch, one row each (exact match also per
   procedural task when the records carry a ``task``), for the Pareto tables and figures.
 
+``check_choices`` refuses, when the workflow is planned, a held-out set too small to give every
+multiple-choice item its distractors.
+
 ``continuation_logprobs`` is the token-level primitive shared with the lm-eval adapter
 (``esta.llm.lm_eval_adapter``), and ``encode_pair`` splits a (context, continuation) text pair into
 tokens exactly as lm-eval's ``TemplateLM._encode_pair`` does, so both score the same tokens.
@@ -32,8 +35,22 @@ from esta.llm.data import prompt
 
 __all__ = [
     "response_nll", "continuation_logprobs", "encode_pair", "multiple_choice", "greedy_answers", "exact_match",
-    "samples", "left_pad", "stitch_metrics",
+    "samples", "left_pad", "stitch_metrics", "check_choices",
 ]
+
+
+def check_choices(n_test: int, n_mc: int, mc_choices: int) -> None:
+    """The multiple-choice items are the first ``n_mc`` of the ``n_test`` held-out records, each with
+    ``mc_choices - 1`` distractors drawn from the other items' outputs (``esta.llm.tasks.choice_items``):
+    fewer than ``mc_choices`` items cannot give every one its distractors. Raised before any job runs,
+    naming the keys (``llm_prepare`` would fail on its first record otherwise)."""
+    items = min(n_test, n_mc)
+    if items < mc_choices:
+        which = "llm.suite.n_test" if n_test <= n_mc else "llm.eval.n_mc"
+        raise ValueError(f"{which} = {items} held-out records give {items} multiple-choice items, fewer than "
+                         f"llm.eval.mc_choices = {mc_choices}: each item needs {mc_choices - 1} distractors from the "
+                         f"other items' outputs (llm.suite.n_test = {n_test}, llm.eval.n_mc = {n_mc}); raise "
+                         f"{which} or lower llm.eval.mc_choices")
 
 
 @torch.no_grad()

@@ -7,7 +7,9 @@ Parameters are exact (the real ``LlamaForCausalLM`` modules on the meta device, 
 ``esta.llm.tuning``). Activations are an estimate, stated per term: with checkpointing each decoder
 layer on the path keeps its input (B·T·d in the anchors' dtype); one layer at a time is recomputed
 in the backward pass, holding the inputs of its matmuls and its attention output with a fused
-(flash / memory-efficient) attention kernel, B·T·(4d + 2·d_kv + 3·d_ff) values; and the logits are
+(flash / memory-efficient) attention kernel, B·T·(4d + 2·d_kv + 3·d_ff) values, plus the fp32 copy of
+the input that each LoRA-wrapped linear of the layer keeps for its adapter (peft casts the input to the
+adapter's dtype; 4·B·T·d_in bytes each, ``_lora_input_bytes``); and the logits are
 held in the anchors' dtype, as fp32 for the loss and as their fp32 gradient, B·T·V·(2 + 4 + 4)
 bytes. A measured peak (``bench/gpu.py``) replaces the estimate where a GPU is lent.
 """
@@ -34,6 +36,14 @@ def _layer_values(config) -> int:
     return 4 * d + 2 * kv + 3 * ffn
 
 
+def _lora_input_bytes(model, anchor: int) -> int:
+    """Bytes per token of the fp32 inputs the LoRA-wrapped linears of one decoder layer of ``anchor``
+    keep for backward (peft casts a linear's input to the fp32 adapter before ``lora_A``)."""
+    prefix = f"net.anchors.{anchor}.model.layers.0."
+    return sum(4 * m.in_features for n, m in model.named_modules()
+               if n.startswith(prefix) and hasattr(m, "lora_A") and hasattr(m, "in_features"))
+
+
 def memory_plan(family_name: str, batch: int, seq_len: int, dtype: str = "bf16", rule: str = "depth",
                 pst: LlamaTuningConfig | None = None, grad_checkpointing: bool = True) -> dict:
     """Bytes of one PST training step of ``family_name`` at ``batch`` x ``seq_len`` tokens (the costliest
@@ -47,6 +57,7 @@ def memory_plan(family_name: str, batch: int, seq_len: int, dtype: str = "bf16",
         layer_params = sum(p.numel() for p in net.stitch_layers.parameters())
         model = make_tunable(net, pst or LlamaTuningConfig())
         trainable = sum(p.numel() for p in model.trainable().values())
+        lora = [_lora_input_bytes(model, a) for a in range(len(net.anchors))]
     width = DTYPE_BYTES[dtype]
     tokens = batch * seq_len
     activations = 0
@@ -54,11 +65,11 @@ def memory_plan(family_name: str, batch: int, seq_len: int, dtype: str = "bf16",
         held = 0
         for a, layers in net.segments(s.stitch_id):
             config = net.anchors[a].config
-            per_layer = config.hidden_size if grad_checkpointing else _layer_values(config)
-            held += len(layers) * tokens * per_layer * width
+            per_layer = config.hidden_size * width if grad_checkpointing else _layer_values(config) * width + lora[a]
+            held += len(layers) * tokens * per_layer
         end = net.anchors[s.end].config
-        recompute = max(_layer_values(net.anchors[a].config) for a, _ in net.segments(s.stitch_id))
-        held += tokens * recompute * width if grad_checkpointing else 0
+        recompute = max(_layer_values(net.anchors[a].config) * width + lora[a] for a, _ in net.segments(s.stitch_id))
+        held += tokens * recompute if grad_checkpointing else 0
         held += tokens * end.vocab_size * (width + 4 + 4)  # logits, their fp32 copy and gradient
         activations = max(activations, held)
     terms = dict(

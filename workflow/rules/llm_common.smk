@@ -38,6 +38,11 @@ if LLM["enabled"] and LLM["rule"] == "paired":
         LLM["rule"],
         LLM_FOLDERS if LLM["anchors"]["source"] == "folders" else None,
     )
+if LLM["enabled"]:
+    # refused before any job: too few held-out records for the multiple-choice items' distractors
+    from esta.llm.evaluate import check_choices
+
+    check_choices(LLM["suite"]["n_test"], LLM["eval"]["n_mc"], LLM["eval"]["mc_choices"])
 LLM_SPLITS = ["pretrain_train", "pretrain_test", "train", "test"]
 
 

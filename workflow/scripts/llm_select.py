@@ -1,7 +1,7 @@
 """ESTA's one-stage deployment for Stitched LLaMA (spec §6, §11): per interval of stitch *parameters*,
 the stitch of best score (``esta.scores``): training-time importance (highest) or loss (lowest)
-among those visited at least `min_visits` times (the loss: inside its window), or the loss on fixed training records after
-training (`loss_batch`, a forward pass); anchors always."""
+among those with at least `min_visits` visits (the loss: visits inside its window), or the loss on
+fixed training records after training (`loss_batch`, a forward pass); anchors always."""
 
 import pandas as pd
 

@@ -1,8 +1,8 @@
 """ESTA's one-stage deployment (spec §6): per FLOPs interval the stitch with the best score
-(``esta.scores``): training-time importance (highest) or loss (lowest) among the stitches visited at
-least `min_visits` times (the loss: inside its window), the loss on fixed training examples after training (`loss_batch`, a
-forward pass), or selection-split accuracy (`evaluate`); anchors always. With `refresh`, importance
-is first recomputed for every stitch on one fixed training batch."""
+(``esta.scores``): training-time importance (highest) or loss (lowest) among the stitches with at least
+`min_visits` visits (the loss: visits inside its window), the loss on fixed training examples after
+training (`loss_batch`, a forward pass), or selection-split accuracy (`evaluate`); anchors always.
+With `refresh`, importance is first recomputed for every stitch on one fixed training batch."""
 
 import pandas as pd
 
