@@ -80,14 +80,16 @@ def stat_files(folder, depth=2):
 
 
 def data_fingerprint(w):
-    """Changed list files of an external task, or any changed file of a custom data set, change
-    this param, which reruns register_data."""
+    """Changed list files of an external task, or an added, removed or renamed file of a custom data
+    set (esta.vit.data.custom.fingerprint: no stat per image), change this param, which reruns
+    register_data."""
     # imported only for external tasks (torch import cost)
     from esta.vit.data import task_info
     from esta.vit.data.custom import fingerprint
 
     if is_custom(w.task):
-        return fingerprint(dataset_entry(w.task)["path"])
+        entry = dataset_entry(w.task)
+        return fingerprint(entry["path"], stat_files=entry["source"] == "hf")
     if config["data_root"] is None:
         return "data_root unset"
     return stat_files(os.path.join(config["data_root"], task_info(w.task).folder))

@@ -9,6 +9,8 @@ names, sorted; every split must hold the same classes, none empty.
 
 Hidden files and folders (name starting with ``.``), files whose extension is not one of
 torchvision's image extensions, and files lying directly in a split folder are skipped and counted.
+Symbolic links are followed (:func:`walk`); a link back to a folder above it (a cycle) is an error
+naming the link.
 :func:`check_imagefolder` reads and fully decodes every image once (a truncated file fails there,
 naming it, before any training) and hashes it; images of any PIL mode and size are accepted and
 become RGB when read (:class:`ImageFolderSplit`).
@@ -28,7 +30,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 
 from esta.vit.data.files import load_rgb
 
-__all__ = ["SPLIT_NAMES", "IMAGEFOLDER_LAYOUT", "find_splits", "split_roles", "scan_split", "read_image", "check_imagefolder",
+__all__ = ["SPLIT_NAMES", "IMAGEFOLDER_LAYOUT", "walk", "find_splits", "split_roles", "scan_split", "read_image", "check_imagefolder",
            "ImageFolderSplit"]
 
 # role -> folder names, timm's synonyms (dataset_factory._TRAIN_SYNONYM / _EVAL_SYNONYM) plus test
@@ -46,6 +48,25 @@ IMAGEFOLDER_LAYOUT = (
 
 def _hidden(name: str) -> bool:
     return name.startswith(".")
+
+
+def walk(top: str | os.PathLike, _above: tuple = ()):
+    """``os.walk(top, followlinks=True)`` in name order, as ``(folder, dirs, files)`` with names: symbolic
+    links are followed, and a link that leads back to a folder above it (a cycle, which ``os.walk`` would
+    follow forever) is an error naming the link and where it points. Pruning ``dirs`` in place skips
+    folders, as with ``os.walk``. One ``stat`` per folder; a file costs no ``stat`` (its type comes with
+    the directory entry, except for symbolic links)."""
+    st = os.stat(top)
+    here = (st.st_dev, st.st_ino)
+    if here in _above:
+        raise ValueError(f"symbolic link cycle: {top} points to {os.path.realpath(top)}, a folder above it; "
+                         "remove the link or point it elsewhere")
+    with os.scandir(top) as entries:
+        listed = sorted((e.name, e.is_dir()) for e in entries)  # is_dir follows links, like os.walk
+    dirs = [name for name, is_dir in listed if is_dir]
+    yield os.fspath(top), dirs, [name for name, is_dir in listed if not is_dir]
+    for name in dirs:
+        yield from walk(os.path.join(top, name), (*_above, here))
 
 
 def find_splits(root: Path) -> dict[str, str | None]:
@@ -94,10 +115,10 @@ def scan_split(split_dir: Path) -> tuple[list[str], list[Path], list[int], dict[
     paths, labels = [], []
     for label, name in enumerate(classes):
         found = []
-        for here, dirs, files in os.walk(split_dir / name, followlinks=True):
+        for here, dirs, files in walk(split_dir / name):
             skipped["hidden"] += sum(_hidden(d) for d in dirs) + sum(_hidden(f) for f in files)
-            dirs[:] = sorted(d for d in dirs if not _hidden(d))  # walk visible sub-folders, in order
-            for f in sorted(f for f in files if not _hidden(f)):
+            dirs[:] = [d for d in dirs if not _hidden(d)]  # walk visible sub-folders (in name order)
+            for f in (f for f in files if not _hidden(f)):
                 if has_file_allowed_extension(f, IMG_EXTENSIONS):
                     found.append(Path(here) / f)
                 else:
