@@ -137,7 +137,7 @@ def read_meta(folder: str | Path) -> dict:
         raise PaletteError(f"{path}: not valid JSON ({err})") from err
     if isinstance(meta, dict) and meta.get("format") != FORMAT:
         raise PaletteError(f"{path}: field format: {meta.get('format')!r} is not {FORMAT!r}")
-    trust.validate(meta, "esta", path)
+    trust.validate(meta, trust.SCHEMA, path)
     return meta
 
 

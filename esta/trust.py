@@ -21,12 +21,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from importlib import resources
 from pathlib import Path
 
 from esta import hashcache
 
-__all__ = ["PaletteError", "validate", "file_records", "anchor_record", "check_files", "check_anchors",
+__all__ = ["PaletteError", "SCHEMA", "validate", "file_records", "anchor_record", "check_files", "check_anchors",
            "bundled_name", "copy_anchor"]
 
 
@@ -34,13 +33,16 @@ class PaletteError(ValueError):
     """A palette, an anchor, a budget or an input that cannot be used; the message names it."""
 
 
-def validate(meta: dict, schema_package: str, where: Path) -> None:
-    """Validate ``meta`` against ``<schema_package>/palette.schema.json``; the first error names the
-    file and the JSON path of the offending value."""
+SCHEMA = Path(__file__).with_name("palette.schema.json")  # package data (pyproject's package-data)
+
+
+def validate(meta: dict, schema: Path, where: Path) -> None:
+    """Validate ``meta`` against the JSON Schema file ``schema`` (``SCHEMA``, or a family's own); the
+    first error names the file and the JSON path of the offending value."""
     import jsonschema
     from jsonschema.exceptions import best_match
 
-    schema = json.loads(resources.files(schema_package).joinpath("palette.schema.json").read_text())
+    schema = json.loads(Path(schema).read_text())
     err = best_match(jsonschema.Draft202012Validator(schema).iter_errors(meta))
     if err is not None:
         field = "/".join(str(p) for p in err.absolute_path) or "(top level)"

@@ -5,6 +5,7 @@ as the trained model does, and ``max_params`` selects by parameter count."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -20,7 +21,7 @@ from esta.__main__ import main
 from esta.llm.build import assemble, stitched
 from esta.llm.costs import stitch_costs
 from esta.llm.export import load_stitch
-from esta.llm.palette import write
+from esta.llm.palette import load, write
 from esta.llm.tasks import TASKS_B, make_records, train_tokenizer
 from esta.palette import stitch_table
 
@@ -116,3 +117,73 @@ def test_generate_cli_and_a_budget_below_the_smallest_stitch(palette, capsys):
     assert "max_params = 10 is below the cheapest deployed stitch (id 0" in capsys.readouterr().err
     assert main(["predict", str(folder), "x.png"]) == 2  # an LLM palette classifies no images
     assert "does not classify images" in capsys.readouterr().err
+
+
+def test_select_moves_only_the_active_stitchs_biases_and_every_stitch_equals_its_export(palette, tmp_path):
+    folder, model, _ = palette
+    served = load(folder)
+    assert not any("lora_" in k for k in served.model.state_dict())  # the LoRA is merged away
+    ids, mask = left_padded_batch(2)
+    params = dict(served.model.net.named_parameters())
+    exports = {}
+    for sid in (2, 2, 0, 1, 2, 0):
+        before = {k: v.clone() for k, v in params.items()}
+        served.select(stitch_id=sid)
+        moved = {k for k, v in params.items() if not torch.equal(before[k], v)}
+        own = {k.replace(".base_layer.", ".") for k in model.biases_for(sid)}
+        assert moved <= own and all(k.endswith(".bias") for k in moved), sid
+        if sid not in exports:
+            exports[sid] = load_stitch(served.export(sid, tmp_path))[0]
+        with torch.no_grad():
+            assert (served(ids, mask) - exports[sid](ids, mask)).abs().max() <= 1e-5, sid
+            mine = served.model.generate(ids, mask, sid, 5)
+            assert torch.equal(mine, exports[sid].generate(ids, mask, 5))  # the same tokens, prefill and decode
+
+
+@pytest.fixture
+def copied(palette, tmp_path, monkeypatch):
+    """The palette and its anchor folders copied (same layout), and a record of every model build."""
+    import esta.llm.palette
+
+    root = shutil.copytree(palette[0].parent, tmp_path / "copy")
+    calls = []
+    real = esta.llm.palette.stitched
+    monkeypatch.setattr(esta.llm.palette, "stitched", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return root, calls
+
+
+def refused(folder, capsys) -> str:
+    assert main(["generate", str(folder), "--stitch-id", "2", "Copy: 42"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    return err
+
+
+def test_a_bin_beside_the_recorded_weights_is_refused_before_transformers_reads_it(copied, capsys):
+    root, calls = copied
+    torch.save({}, root / "anchor1" / "pytorch_model.bin")
+    err = refused(root / "palette", capsys)
+    assert "anchors[1] (anchor1)" in err and "pytorch_model.bin" in err and "no sha256 record" in err
+    assert calls == []
+
+
+def test_a_swapped_anchor_file_or_tokenizer_file_is_refused(copied, capsys):
+    root, calls = copied
+    original = shutil.copytree(root / "anchor0", root / "original")
+
+    def restore():
+        shutil.rmtree(root / "anchor0")
+        shutil.copytree(original, root / "anchor0")
+
+    config = root / "anchor0" / "config.json"
+    config.write_text(config.read_text().replace('"rms_norm_eps"', '"rms_norm_eps" ', 1))  # same JSON, edited
+    err = refused(root / "palette", capsys)
+    assert "anchors[0] (anchor0)" in err and "config.json has sha256" in err
+    restore()
+    shutil.copyfile(root / "anchor1" / "model.safetensors", root / "anchor0" / "model.safetensors")  # swapped
+    assert "model.safetensors has sha256" in refused(root / "palette", capsys)
+    restore()
+    (root / "palette" / "tokenizer" / "extra_tokens.json").write_text("{}")  # a file the loader could read
+    assert "no sha256 record" in refused(root / "palette", capsys)
+    assert calls == []

@@ -33,6 +33,7 @@ from esta.trust import check_files, validate
 __all__ = ["KIND", "load", "check_meta", "write", "load_model", "forward", "generate", "export", "example_inputs", "TOKENIZER"]
 
 KIND = "llm"
+SCHEMA = Path(__file__).with_name("palette.schema.json")  # the family's keys (package data)
 TOKENIZER = "tokenizer"
 
 
@@ -44,7 +45,7 @@ def load(path: str | Path, anchors=None, device: str = "cpu", verify: bool = Fal
 def check_meta(meta: dict, where: Path) -> None:
     """Refuse, naming the field, an LLM ``palette.json`` that does not describe a buildable model
     (the family's schema, then ``LlamaTuningConfig``'s own checks) -- before transformers sees anything."""
-    validate(meta, "esta.llm", where)
+    validate(meta, SCHEMA, where)
     try:
         tuning_config(meta["pst"])
     except (KeyError, TypeError, ValueError) as err:

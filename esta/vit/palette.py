@@ -36,6 +36,7 @@ __all__ = ["KIND", "load", "check_meta", "family_record", "transform_record", "w
            "predict", "export", "export_onnx", "example_inputs", "paper_storage"]
 
 KIND = "vit"
+SCHEMA = Path(__file__).with_name("palette.schema.json")  # the family's keys (package data)
 
 
 def load(path: str | Path, anchors=None, device: str = "cpu", verify: bool = False) -> Palette:
@@ -57,7 +58,7 @@ def check_meta(meta: dict, where: Path) -> None:
     anything beyond its checked files, or that does not describe a buildable model."""
     import timm
 
-    validate(meta, "esta.vit", where)
+    validate(meta, SCHEMA, where)
     rec = meta["family"]
     if isinstance(rec, list):
         for i, row in enumerate(rec):
@@ -216,8 +217,11 @@ def export_onnx(palette, stitch_id: int, out_dir: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     batch = torch.export.Dim("batch", min=1, max=4096)
+    # optimize=False: ONNX Runtime folds and fuses the graph itself when it opens it (and the
+    # exporter's own pass doubles the export time)
     program = torch.onnx.export(standalone, (x,), input_names=["images"], output_names=["logits"],
-                                dynamic_shapes={"x": {0: batch}}, dynamo=True, external_data=False)
+                                dynamic_shapes={"x": {0: batch}}, dynamo=True, external_data=False,
+                                optimize=False, verbose=False)
     program.save(str(tmp))
     model = onnx.load(str(tmp))
     info = dict(stitch_id=stitch_id, classes=meta["classes"], transform=meta["transform"], method=meta["method"],
