@@ -42,7 +42,9 @@ if LLM["enabled"]:
     # refused before any job: too few held-out records for the multiple-choice items' distractors
     from esta.llm.evaluate import check_choices
 
-    check_choices(LLM["suite"]["n_test"], LLM["eval"]["n_mc"], LLM["eval"]["mc_choices"])
+    check_choices(
+        LLM["suite"]["n_test"], LLM["eval"]["n_mc"], LLM["eval"]["mc_choices"]
+    )
 LLM_SPLITS = ["pretrain_train", "pretrain_test", "train", "test"]
 
 
@@ -92,7 +94,9 @@ def llm_benchmark_files():
     ):
         files += expand(f"{B}/{step}/{{variant}}/seed{{seed}}.tsv", **kw)
     # every stitch evaluated, for the score table (default variant only)
-    files += expand(f"{B}/llm_evaluate_stitches/default/seed{{seed}}.tsv", seed=config["seeds"])
+    files += expand(
+        f"{B}/llm_evaluate_stitches/default/seed{{seed}}.tsv", seed=config["seeds"]
+    )
     for step in ("llm_adapt_anchor", "llm_evaluate_anchor"):
         files += expand(
             f"{B}/{step}/seed{{seed}}/anchor{{i}}.tsv",

@@ -191,7 +191,8 @@ rule llm_evaluate:
 
 use rule llm_evaluate as llm_evaluate_stitches with:
     """Every stitch of a run on the held-out records: the one stitch set the score table judges every
-    score and the oracle (best exact match per interval) by (spec §6, "like with like")."""
+    score and the oracle (best exact match per interval) by (spec §6, "like with like").
+    """
     input:
         model=f"{L}/esta/{{variant}}/seed{{seed}}/model.safetensors",
         stitch=f"{L}/stitch_init.safetensors",
@@ -356,7 +357,8 @@ LLM_SELECTIONS = ["importance", "loss", "loss_batch"]
 rule llm_score_table:
     """Each training-time score against held-out exact match, judged like with like (spec §6, §11;
     esta.compare): rho over the stitches every score ranks, every stitch evaluated
-    (llm_evaluate_stitches), and each deployment's exact match over the intervals the oracle fills."""
+    (llm_evaluate_stitches), and each deployment's exact match over the intervals the oracle fills.
+    """
     input:
         scores=expand(
             f"{L}/esta/default/seed{{seed}}/scores_{{how}}.csv",
