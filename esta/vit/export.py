@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from esta.vit.seg import SegHead, make_segmenter, seg_arch
 from esta.vit.tuning import TunableViT
 from esta.vit.stitch import embed, head
 
@@ -116,6 +117,8 @@ def _build(arch: dict) -> nn.Module:
         timm.create_model(a["timm_name"], pretrained=False, num_classes=arch["num_classes"], **a["kwargs"])
         for a in arch["anchors"]
     ]
+    if arch.get("seg"):  # a segmentation stitch (esta.vit.seg): its end anchor carries a SETR head
+        anchors[-1] = make_segmenter(anchors[-1], arch["seg"]["num_classes"], arch["seg"]["hidden"])
     if arch["is_anchor"]:
         model = anchors[0]
     else:
@@ -153,6 +156,7 @@ def export_stitch(
         num_classes=num_classes,
         anchors=[anchor_arch[s.front]] if s.is_anchor else [anchor_arch[s.front], anchor_arch[s.end]],
         adapters=_kept_adapters(model),
+        seg=seg_arch(model.net.anchors[s.end]) if isinstance(model.net.anchors[s.end].head, SegHead) else None,
     )
     state = {k: v.detach().cpu().contiguous() for k, v in standalone.state_dict().items()}
     out = Path(out_dir)

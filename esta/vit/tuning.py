@@ -97,6 +97,12 @@ def is_adapter_param(name: str) -> bool:
     return any(part.startswith(_ADAPTER_TOKENS) for part in name.split("."))
 
 
+def _is_head_weight(name: str) -> bool:
+    """Whether ``name`` is a weight of an anchor's head (``head.weight``; a segmentation head's
+    ``head.conv1.weight`` / ``head.conv2.weight``): shared by stitches, not in any stitch's Θ_s."""
+    return ".head." in name and name.endswith(".weight")
+
+
 def _linear_biases(net: StitchedViT) -> list[str]:
     """Names of the biases of every ``nn.Linear`` of the anchors and stitching layers (not the
     adapters' own linears, which are shared PEFT parameters; peft's LoRA A/B have no bias)."""
@@ -155,9 +161,12 @@ class TunableViT(nn.Module):
             self.biases = None
             return
         inject_peft(net, cfg)
-        # Heads are new for the task: their weights train, shared by the stitches ending there.
+        # Heads are new for the task: their weights train, shared by the stitches ending there (a
+        # classification head is one linear, a segmentation head two, esta.vit.seg).
         for anchor in net.anchors:
-            anchor.head.weight.requires_grad_(True)
+            for m in anchor.head.modules():
+                if isinstance(m, nn.Linear):
+                    m.weight.requires_grad_(True)
         bias_names = _linear_biases(net)
         params = dict(net.named_parameters())
         if cfg.stitch_biases:
@@ -270,7 +279,7 @@ class TunableViT(nn.Module):
             return []
         if stitch_id not in self._theta:  # called every step: match names once per stitch
             own = list(self.biases[str(stitch_id)].values()) if self.biases is not None else []
-            shared = path_params(self.net, stitch_id, lambda n, p: p.requires_grad and not n.endswith(".head.weight"))
+            shared = path_params(self.net, stitch_id, lambda n, p: p.requires_grad and not _is_head_weight(n))
             self._theta[stitch_id] = own + shared
         return self._theta[stitch_id]
 
