@@ -5,7 +5,7 @@ forward overhead of the stitched model, all stitches with prefix reuse), ``bench
 (training step PST vs full: time, FLOPs, memory; utilisation), ``bench/checkpointing.py``
 (gradient checkpointing of the PST step: memory saved, time paid) and ``bench/peft_methods.py`` (the step of
 PST on DoRA, IA³, Adapter and AdaptFormer vs full fine-tuning: time, memory), ``bench/palette.py`` (switching
-stitches in a loaded palette vs one batch-32 forward). ``bench/common.py`` holds the
+stitches in a loaded palette vs one batch-32 forward; a palette stitch vs its export, ViT and Stitched LLaMA). ``bench/common.py`` holds the
 benchmarked model, the timing race and the output checks; each module's docstring says what it
 measures and how.
 
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import FAMILY, NUM_CLASSES, STITCH, MismatchError, Row, Settings, check_same  # noqa: E402
 from bench.forward import bench_all_stitches, bench_forward, bench_table  # noqa: E402
-from bench.palette import bench_palette  # noqa: E402
+from bench.palette import bench_llm_palette, bench_palette, bench_palette_vs_export  # noqa: E402
 from bench.training import bench_training  # noqa: E402
 from esta.runtime import write_json  # noqa: E402
 from esta.vit.anchors import build_family  # noqa: E402
@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     report(bench_all_stitches(make_tunable(net, TuningConfig(mode="full")), st, device, checks))
     del net
     report(bench_palette(st, device))
+    report(bench_palette_vs_export(st, device))
+    report(bench_llm_palette(st, device))
     report(bench_training(st, device))
 
     wall = time.perf_counter() - t0

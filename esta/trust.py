@@ -25,7 +25,7 @@ from pathlib import Path
 
 from esta import hashcache
 
-__all__ = ["PaletteError", "SCHEMA", "validate", "file_records", "anchor_record", "check_files", "check_anchors",
+__all__ = ["PaletteError", "SCHEMA", "validate", "file_records", "listing", "anchor_record", "check_files", "check_anchors",
            "bundled_name", "copy_anchor"]
 
 
@@ -54,8 +54,11 @@ def file_records(folder: Path, names: list[str]) -> dict[str, dict]:
     return {n: dict(sha256=hashcache.sha256(folder / n), bytes=(folder / n).stat().st_size) for n in names}
 
 
-def _listing(folder: Path) -> list[str]:
-    return sorted(f.relative_to(folder).as_posix() for f in folder.rglob("*") if f.is_file())
+def listing(folder: Path) -> list[str]:
+    """Every file under ``folder`` but hidden ones (``.snakemake_timestamp``, ``.DS_Store``, ``.git``):
+    no model or tokenizer loader reads a file by a hidden name."""
+    names = (f.relative_to(folder).as_posix() for f in folder.rglob("*") if f.is_file())
+    return sorted(n for n in names if not any(part.startswith(".") for part in n.split("/")))
 
 
 def anchor_record(name: str, path: str | Path, relative_to: str | Path) -> dict:
@@ -64,7 +67,7 @@ def anchor_record(name: str, path: str | Path, relative_to: str | Path) -> dict:
     (the palette's folder), so results/ can be moved as a whole."""
     path = Path(path)
     if path.is_dir():
-        files = file_records(path, _listing(path))
+        files = file_records(path, listing(path))
     else:
         files = {path.name: file_records(path.parent, [path.name])[path.name]}
     return dict(name=name, path=os.path.relpath(path, relative_to), folder=path.is_dir(), files=files)
@@ -83,7 +86,7 @@ def check_files(records: dict[str, dict], folder: Path, what: str, verify: bool 
             raise PaletteError(f"{what}: {f} has sha256 {got}, the palette lists {want['sha256']}: "
                                "another file than the one this palette was written with")
     if complete:
-        extra = sorted(set(_listing(folder)) - set(records))
+        extra = sorted(set(listing(folder)) - set(records))
         if extra:
             raise PaletteError(f"{what}: {folder} holds files the palette has no sha256 record of: {extra[:5]} "
                                "(a loader could read them); remove them or rebuild the palette")

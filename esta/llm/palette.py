@@ -28,7 +28,7 @@ from esta.llm.build import assemble, load_tokenizer, stitched, tuning_config
 from esta.llm.tuning import TunableLlama
 from esta.palette import TENSORS, Palette, PaletteError, anchor_record, task_tensors, write_palette
 from esta.tensors import copy_into, load_tensors_file
-from esta.trust import check_files, validate
+from esta.trust import check_files, listing, validate
 
 __all__ = ["KIND", "load", "check_meta", "write", "load_model", "forward", "generate", "export", "example_inputs", "TOKENIZER"]
 
@@ -65,8 +65,8 @@ def write(out: str | Path, model: TunableLlama, table: pd.DataFrame, *, folders:
                 macs_unit="token", serving="shared adapters merged", **settings)
 
     def copy_tokenizer(tmp: Path) -> list[str]:
-        shutil.copytree(tokenizer, tmp / TOKENIZER)
-        return sorted(f.relative_to(tmp).as_posix() for f in (tmp / TOKENIZER).rglob("*") if f.is_file())
+        shutil.copytree(tokenizer, tmp / TOKENIZER, ignore=shutil.ignore_patterns(".*"))
+        return [f"{TOKENIZER}/{n}" for n in listing(tmp / TOKENIZER)]
 
     return write_palette(out, task_tensors(model), meta, table, extra=copy_tokenizer)
 
