@@ -205,3 +205,34 @@ def test_the_palette_core_names_no_family_not_even_as_a_string():
         assert "importlib" not in (ESTA / name).read_text() or name == "__init__.py", name
     core_schema = json.loads((ESTA / "palette.schema.json").read_text())
     assert "vit" not in json.dumps(core_schema["properties"]["kind"])
+
+
+def rerecord(folder: Path, name: str) -> None:
+    """Record ``name``'s current sha256 in palette.json: a palette its author wrote this way."""
+    from esta.trust import file_records
+
+    edit_meta(folder, lambda m: m["files"].update(file_records(folder, [name])))
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda f: (f / "tensors.safetensors").unlink(), "tensors.safetensors is missing"),
+    (lambda f: (f / META).write_text('{"format": "esta-palette/2", '), "palette.json: not valid JSON"),
+    (lambda f: edit_meta(f, lambda m: m["tuning"].update(rnak=4)), "field tuning: Additional properties"),
+    (lambda f: ((f / "stitches.csv").write_text("stitch_id,name\n0,x\n"), rerecord(f, "stitches.csv")),
+     "stitches.csv: columns"),
+])
+def test_every_cli_failure_is_one_line_naming_the_file(palette, tmp_path, capsys, break_it, message):
+    break_it(palette)
+    assert message in refused(palette, tmp_path, capsys)
+
+
+def test_a_tensors_file_of_another_shape_is_one_line_naming_it(palette, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(palette / "tensors.safetensors")
+    key = next(k for k in sorted(tensors) if k.startswith("biases."))
+    tensors[key] = torch.zeros(tensors[key].numel() + 1)
+    save_file(tensors, palette / "tensors.safetensors")
+    rerecord(palette, "tensors.safetensors")
+    err = refused(palette, tmp_path, capsys)
+    assert "tensors.safetensors" in err and key in err and "shape" in err
