@@ -1,4 +1,4 @@
-"""Segmentation data in ADE20K's layout (spec §14, esta.vit.data.ade20k): the rendered embedded task reads
+"""Segmentation data in ADE20K's layout (spec §14, esta.vit.seg_data): the rendered embedded task reads
 back through the real loader, every bad case is one error naming the file, the splits are seeded."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from esta.vit.data.ade20k import DENSE_CLASSES, SegFolder, check_ade20k, split_indices, write_dense_task
+from esta.vit.seg_data import DENSE_CLASSES, SegFolder, check_ade20k, split_indices, write_dense_task
 from esta.vit.seg import IGNORE
 
 K = len(DENSE_CLASSES)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 __all__ = ["GROUPS", "TaskInfo", "TASKS", "task_info", "task_path", "is_relative_inside", "CUSTOM_PREFIX", "is_custom",
-           "custom_name", "check_custom_tasks", "task_group", "DEFAULT_GROUP"]
+           "custom_name", "check_custom_tasks", "task_group", "DEFAULT_GROUP", "DENSE_TASKS", "dense_task"]
 
 
 def is_relative_inside(path: str) -> bool:
@@ -148,3 +148,19 @@ def task_info(task_id: str) -> TaskInfo:
 def task_path(data_root: str | os.PathLike, task_id: str) -> Path:
     """The folder of ``task_id`` under ``data_root`` (``<data_root>/<TaskInfo.folder>``)."""
     return Path(data_root) / task_info(task_id).folder
+
+
+# Dense (segmentation) tasks of config dense.tasks (spec §14, esta.vit.seg_data): classes,
+# reduce_zero_label, and the folder under config data_root in ADE20K's layout (None: rendered by the
+# workflow, the embedded dense task).
+DENSE_TASKS = {
+    "shapes": dict(num_classes=8, reduce_zero_label=True, folder=None),
+    "ade20k": dict(num_classes=150, reduce_zero_label=True, folder="ADEChallengeData2016"),
+}
+
+
+def dense_task(name: str) -> dict:
+    """The row of dense task ``name``; an unknown name lists the known ones."""
+    if name not in DENSE_TASKS:
+        raise ValueError(f"unknown dense task {name!r} (config dense.tasks); known: {sorted(DENSE_TASKS)}")
+    return DENSE_TASKS[name]

@@ -215,4 +215,6 @@ def get_final_output():
     out += [f"{R}/tables/latency.csv", f"{R}/tables/storage.csv"]
     if config["llm"]["enabled"]:  # Stitched LLaMA (rules/llm.smk)
         out += llm_targets()
+    if config["dense"]["enabled"]:  # dense prediction (rules/dense.smk)
+        out += dense_targets()
     return out

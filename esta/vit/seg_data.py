@@ -26,8 +26,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from esta.vit.tasks import DENSE_TASKS, dense_task
+
 __all__ = ["ADE_SPLITS", "ADE_LAYOUT", "SEG_SPLITS", "check_ade20k", "SegFolder", "split_indices",
-           "write_dense_task", "DENSE_CLASSES"]
+           "write_dense_task", "DENSE_CLASSES", "DENSE_TASKS",
+           "dense_task", "class_names", "read_dense_manifest", "open_dense"]
 
 ADE_SPLITS = ("training", "validation")
 ADE_LAYOUT = ("a folder holding images/{training,validation}/<name>.jpg and annotations/{training,validation}/"
@@ -147,6 +150,14 @@ class SegFolder(torch.utils.data.Dataset):
 
 
 # ---------------------------------------------------------------------------------------------
+# Dense tasks: the table is esta.vit.tasks.DENSE_TASKS (no torch: the workflow reads it when it plans)
+
+def class_names(name: str) -> list[str]:
+    """Column-safe class names of a dense task (ADE20K's by index: its names hold spaces and commas)."""
+    return list(DENSE_CLASSES) if name == "shapes" else [f"c{i:03d}" for i in range(dense_task(name)["num_classes"])]
+
+
+# ---------------------------------------------------------------------------------------------
 # The embedded dense task: procedural scenes with known masks (ADE20K layout, reduce_zero_label)
 
 # Stored labels 1..8 (0 = "other", ignored under reduce_zero_label): two backgrounds, six objects.
@@ -202,3 +213,39 @@ def write_dense_task(out: str | os.PathLike, n_train: int, n_val: int, size: int
             Image.fromarray(img).save(out / "images" / split / f"{i:06d}.jpg", quality=95)
             Image.fromarray(ann, mode="L").save(out / "annotations" / split / f"{i:06d}.png")
     return dict(training=n_train, validation=n_val)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the dense jobs open (config slice ``dense``)
+
+_IN_MEMORY_BYTES = 1 << 30  # a deterministic split that fits in 1 GiB as float32 is decoded once
+
+
+def read_dense_manifest(path: str | os.PathLike) -> dict:
+    """A dense task's manifest (``dense_register``) with its ``root`` resolved."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dense task manifest not found: {path}")
+    m = json.loads(path.read_text())
+    m["root"] = str(path.parent / m["root"])
+    return m
+
+
+def open_dense(manifest: dict, split: str, dense: dict, family, augment: bool | None = None):
+    """Split ``split`` (train, selection, test) of a registered dense task at ``dense.img_size``,
+    normalised as ``dense.normalize`` says; the train/selection partition is seeded by
+    ``dense.split_seed`` (the same for every training seed). Deterministic splits that fit in memory
+    come back as a ``TensorDataset``."""
+    from torch.utils.data import TensorDataset
+
+    from esta.vit.data.transforms import normalization
+
+    ds = SegFolder(manifest["root"], split, dense["img_size"], manifest["reduce_zero_label"],
+                   normalization(dense["normalize"], family), dense["selection_fraction"], dense["split_seed"],
+                   augment)
+    if not ds.augment and len(ds) * 3 * dense["img_size"] ** 2 * 4 <= _IN_MEMORY_BYTES:
+        items = [ds[i] for i in range(len(ds))]
+        return TensorDataset(torch.stack([x for x, _ in items]), torch.stack([y for _, y in items]))
+    return ds

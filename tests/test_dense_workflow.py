@@ -1,0 +1,94 @@
+"""The dense rules (rules/dense.smk, spec §14): config/dense.yaml plans over a tiny ADE20K-layout fixture and
+random-init ViT-Ti/S/B files, and runs end to end at small size; the smoke run's dense tables hold what
+the figures need. The real runs are marked `workflow` (minutes)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+from conftest import ROOT, make_workdir, snakemake
+
+from esta.vit.seg_data import write_dense_task
+
+DENSE = ("--configfile", str(ROOT / "config" / "dense.yaml"))
+# config/dense.yaml at small size: 32 px inputs, a few steps, one seed
+SMALL = """
+seeds: [0]
+threads: 1
+dense:
+  seeds: [0]
+  img_size: 32
+  head_hidden: 8
+  selection_fraction: 0.25
+  ls_init_images: 4
+  eval_batch_size: 8
+  deploy: {intervals: 13, score: loss_batch, min_visits: 0, loss_batch_examples: 4}
+  esta:
+    train: {epochs: 1, batch_size: 4, lr: 1.0e-3, lr_anchor: null, weight_decay: 0.0, warmup_epochs: 0,
+            grad_checkpointing: true, decay_1d: false}
+  snnet:
+    adapt: {epochs: 1, batch_size: 4, lr: 1.0e-3, lr_anchor: 1.0e-4, weight_decay: 0.0, warmup_epochs: 0,
+            grad_checkpointing: false, decay_1d: false}
+    train: {epochs: 1, batch_size: 4, lr: 1.0e-3, lr_anchor: 1.0e-4, weight_decay: 0.0, warmup_epochs: 0,
+            grad_checkpointing: false, decay_1d: false}
+"""
+
+
+def ade_fixture(root):
+    """ADE20K's folder under a data root: 8 training and 4 validation scenes of the rendered task."""
+    write_dense_task(root / "ADEChallengeData2016", 8, 4, 48, seed=1)
+
+
+def test_dense_config_plans_ade20k_with_three_seeds(tmp_path):
+    ade_fixture(tmp_path / "data")
+    work = make_workdir(tmp_path / "work")
+    out = snakemake(work, "-n", *DENSE, "--config", f"data_root={tmp_path / 'data'}", "--",
+                    "results/figures/pareto_dense.pdf").stdout
+    counts = dict(re.findall(r"^(dense_\w+)\s+(\d+)$", out, re.M))
+    # 3 seeds: each anchor adapted alone per seed, LS init / training / evaluation per method and seed
+    assert counts == {"dense_register": "1", "dense_adapt": "9", "dense_ls_init": "6", "dense_train": "6",
+                      "dense_evaluate": "6", "dense_tables": "1", "dense_plot": "1"}
+    assert "register_weights" in out and "dense_render" not in out
+
+
+def test_unknown_dense_task_fails_before_any_job(tmp_path):
+    work = make_workdir(tmp_path / "work")
+    proc = snakemake(work, "-n", "--configfile", str(ROOT / "config" / "smoke.yaml"), "--config",
+                     "dense={'tasks': ['cityscapes']}", check=False)
+    assert proc.returncode != 0 and "cityscapes" in proc.stdout + proc.stderr
+
+
+@pytest.mark.workflow
+def test_dense_config_runs_at_small_size_on_the_real_layout(tmp_path):
+    from fixtures import write_vit_weights
+
+    ade_fixture(tmp_path / "data")
+    write_vit_weights(tmp_path / "weights")
+    (tmp_path / "small.yaml").write_text(SMALL + f"data_root: {tmp_path / 'data'}\nweights_root: {tmp_path / 'weights'}\n")
+    work = make_workdir(tmp_path / "work")
+    snakemake(work, "--cores", "2", *DENSE, str(tmp_path / "small.yaml"), "--", "results/tables/dense_summary.csv",
+              timeout=1500)
+    res = work / "results"
+    manifest = json.loads((res / "dense" / "data" / "ade20k" / "manifest.json").read_text())
+    assert manifest["num_classes"] == 150 and manifest["splits"] == {"training": 8, "validation": 4}
+    stitches = pd.read_csv(res / "dense" / "esta" / "ade20k" / "seed0" / "stitches.csv")
+    assert len(stitches) == 71 and {"iou_c000", "iou_c149", "test_miou"} <= set(stitches.columns)
+    summary = pd.read_csv(res / "tables" / "dense_summary.csv")
+    assert {"esta", "snnet", "anchor0 alone", "anchor2 alone"} <= set(summary["method"])
+
+
+def test_smoke_dense_tables(smoke):
+    pareto = pd.read_csv(smoke / "tables" / "pareto_dense.csv")
+    assert set(pareto["method"]) == {"esta", "snnet"} and set(pareto["task"]) == {"shapes"}
+    for _, g in pareto.groupby("method"):
+        assert g["is_anchor"].sum() == 3  # every anchor is deployed
+        assert g["miou"].between(0, 1).all() and g["trainable_params"].nunique() == 1
+    summary = pd.read_csv(smoke / "tables" / "dense_summary.csv").set_index("method")
+    # PST trains a fraction of what full fine-tuning trains; SN-Net's cost includes its adapt stage
+    assert summary.loc["esta", "trainable_params"] < 0.5 * summary.loc["snnet", "trainable_params"]
+    assert summary.loc["snnet", "steps"] > pd.read_csv(smoke / "dense" / "snnet" / "shapes" / "seed0" / "train_log.csv").shape[0]
+    for fig in ("pareto_dense", "all_stitches_dense_shapes"):
+        assert (smoke / "figures" / f"{fig}.png").stat().st_size > 10_000
