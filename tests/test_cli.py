@@ -79,3 +79,20 @@ def test_info_json_for_the_paper_llama_pair():
 def test_info_refuses_a_rule_the_family_cannot_take():
     assert main(["info", "--family", "llama-7b-13b", "--rule", "paired"]) == 2  # 32 vs 40 layers
     assert main(["info", "--family", "embedded", "--rule", "depth"]) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["predict"], "python -m esta predict: the following arguments are required: path, images"),
+    (["export", "somewhere", "out"], "the following arguments are required: --stitch-id"),
+    (["profile", "p", "--runtime", "tensorrt"], "argument --runtime: invalid choice: 'tensorrt'"),
+    (["info"], "one of the arguments --family --timm is required"),
+    (["palette", "/no/such/palette"], "/no/such/palette is not a palette: palette.json is missing"),
+    (["generate", "/no/such/palette", "--stitch-id", "x", "hi"], "argument --stitch-id: invalid int value: 'x'"),
+])
+def test_every_usage_error_is_one_stderr_line_and_exit_2(argv, message, capsys):
+    from esta.__main__ import main
+
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: ") and message in captured.err
+    assert len(captured.err.splitlines()) == 1

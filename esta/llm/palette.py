@@ -30,7 +30,7 @@ from esta.palette import TENSORS, Palette, PaletteError, anchor_record, task_ten
 from esta.tensors import copy_into, load_tensors_file
 from esta.trust import check_files, listing, validate
 
-__all__ = ["KIND", "load", "check_meta", "write", "load_model", "forward", "generate", "export", "example_inputs", "TOKENIZER"]
+__all__ = ["KIND", "load", "check_meta", "write", "write_run", "load_model", "forward", "generate", "export", "example_inputs", "TOKENIZER"]
 
 KIND = "llm"
 SCHEMA = Path(__file__).with_name("palette.schema.json")  # the family's keys (package data)
@@ -69,6 +69,25 @@ def write(out: str | Path, model: TunableLlama, table: pd.DataFrame, *, folders:
         return [f"{TOKENIZER}/{n}" for n in listing(tmp / TOKENIZER)]
 
     return write_palette(out, task_tensors(model), meta, table, extra=copy_tokenizer)
+
+
+def write_run(out: str | Path, inp, p, w) -> Path:
+    """The workflow's ``llm_palette`` job (rule inputs ``inp``, params ``p``, wildcards ``w``): the
+    trained Stitched LLaMA rebuilt as the run left it, the stitch table (exact match on the held-out
+    records as the measured accuracy of the deployed stitches), the tokenizer and the anchors by
+    sha256; no latency yet (``llm_palette_latency`` measures it on the palette itself)."""
+    from esta import runtime
+    from esta.palette import stitch_table
+    from esta.tensors import read_meta
+
+    net, _ = stitched(p.folders, p.dtype, stitch_init=inp.stitch, rule=p.stitch_rule)
+    model = assemble(net, p.pst, inp.model)
+    test = pd.read_csv(inp.metrics).rename(columns={"em": "test_accuracy"})
+    table = stitch_table(pd.read_csv(inp.stitches), pd.read_csv(inp.deployed), None, test)
+    settings = dict(variant=w.variant, seed=int(w.seed), test_accuracy="exact match, held-out records",
+                    training=read_meta(inp.model), provenance=runtime.provenance())
+    return write(out, model, table, folders=p.folders, dtype=p.dtype, rule=p.stitch_rule, pst=p.pst,
+                 tokenizer=inp.tokenizer, settings=settings)
 
 
 def load_model(folder: Path, meta: dict, anchors: list[Path], device: str = "cpu") -> TunableLlama:

@@ -32,7 +32,7 @@ from esta.vit.anchors import AnchorSpec, family
 from esta.vit.build import anchor_arch, assemble
 from esta.vit.tuning import TunableViT, TuningConfig, is_adapter_param
 
-__all__ = ["KIND", "load", "check_meta", "family_record", "transform_record", "write", "load_model", "forward",
+__all__ = ["KIND", "load", "check_meta", "family_record", "transform_record", "write", "write_run", "load_model", "forward",
            "predict", "export", "export_onnx", "example_inputs", "paper_storage"]
 
 KIND = "vit"
@@ -101,6 +101,38 @@ def write(out: str | Path, model: TunableViT, table: pd.DataFrame, *, fam, metho
                 classes=classes, transform=transform, tuning=tuning.to_dict(), anchors=records, serving=serving,
                 **settings)
     return write_palette(out, task_tensors(model), meta, table)
+
+
+def write_run(out: str | Path, inp, p, w) -> Path:
+    """The workflow's ``palette`` job for a ViT run (rule inputs ``inp``, params ``p``, wildcards ``w``):
+    the trained model rebuilt as the run left it, the stitch table (costs with the task's head; test
+    accuracy of every stitch measured on this model, the deployed ones' always; selection-split
+    accuracy where the run has it), the task's eval transform and the anchors by sha256; no latency
+    yet (``palette_latency`` measures it on the palette itself)."""
+    from esta.palette import stitch_table
+    from esta.tensors import read_meta
+    from esta.vit.anchors import family_at
+    from esta.vit.build import read_manifest, tuning_config
+    from esta.vit.data import describe_transform
+    from esta.vit.metrics import with_task_head
+    from esta import runtime
+
+    manifest = read_manifest(inp.data)
+    fam = family_at(p.family, p.img_size)
+    cfg = tuning_config(w.method, p.method[w.method])
+    model = assemble(fam, manifest["num_classes"], inp.anchors, inp.stitch, cfg, state_file=inp.model)
+    stitches = with_task_head(pd.read_csv(inp.stitches), manifest["num_classes"])
+    accuracy = pd.read_csv(inp.accuracy)  # the deployed stitches of the model the palette holds
+    test = pd.read_csv(inp.stitch_accuracy) if "stitch_accuracy" in inp.keys() else accuracy.iloc[:0]
+    test = pd.concat([test[~test["stitch_id"].isin(accuracy["stitch_id"])], accuracy])[["stitch_id", "test_accuracy"]]
+    selection = pd.read_csv(inp.selection) if "selection" in inp.keys() else None
+    table = stitch_table(stitches, pd.read_csv(inp.deployed), None, test, selection)
+    transform = transform_record(w.task, manifest, p.img_size,
+                                 describe_transform(p.normalize, p.family, p.fgvc_interpolation))
+    settings = dict(variant=w.variant, task=w.task, seed=int(w.seed), trained_in=p.mode,
+                    training=read_meta(inp.model), provenance=runtime.provenance())
+    return write(out, model, table, fam=fam, method=w.method, tuning=cfg, manifest=manifest, transform=transform,
+                 anchor_files=inp.anchors if w.method == "esta" else [], settings=settings)
 
 
 def load_model(folder: Path, meta: dict, anchors: list[Path], device: str = "cpu") -> TunableViT:
