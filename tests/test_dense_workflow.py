@@ -92,3 +92,36 @@ def test_smoke_dense_tables(smoke):
     assert summary.loc["snnet", "steps"] > pd.read_csv(smoke / "dense" / "snnet" / "shapes" / "seed0" / "train_log.csv").shape[0]
     for fig in ("pareto_dense", "all_stitches_dense_shapes"):
         assert (smoke / "figures" / f"{fig}.png").stat().st_size > 10_000
+
+
+def test_exported_deployed_stitch_reproduces_the_logged_miou(smoke, tmp_path):
+    """A deployed stitch of each method, exported standalone (esta.vit.export), scores the test mIoU the
+    run logged, from the run's own artifacts."""
+    import torch
+    import yaml
+
+    from esta.vit.anchors import family
+    from esta.vit.build import tuning_config
+    from esta.vit.export import export_stitch, load_stitch
+    from esta.vit.seg import assemble_seg, confusion, seg_scores
+    from esta.vit.seg_data import open_dense, read_dense_manifest
+
+    cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    d = cfg["dense"]
+    m = read_dense_manifest(smoke / "dense" / "data" / "shapes" / "manifest.json")
+    x, y = open_dense(m, "test", d, cfg["family"]).tensors
+    for method in ("esta", "snnet"):
+        run = smoke / "dense" / method / "shapes" / "seed0"
+        anchors = ([smoke / "anchors" / "embedded" / f"anchor{i}.safetensors" for i in range(3)] if method == "esta"
+                   else [run.parent / "seed0" / "adapt" / f"anchor{i}.safetensors" for i in range(3)])
+        model = assemble_seg(cfg["family"], m["num_classes"], d["img_size"], d["head_hidden"], anchors,
+                             run / "stitch_init.safetensors", tuning_config(method, cfg["esta"]),
+                             state_file=run / "model.safetensors", task="shapes")
+        deployed = pd.read_csv(run / "deployed.csv")
+        sid = int(deployed.loc[deployed["front"] != deployed["end"], "stitch_id"].iloc[-1])  # a stitched pick
+        arch = [dict(name=s.name, timm_name=s.timm_name, kwargs=s.kwargs) for s in family(f"embedded@{d['img_size']}")]
+        standalone = load_stitch(export_stitch(model, sid, tmp_path / method, arch))
+        with torch.no_grad():
+            got = seg_scores(confusion(standalone(x), y, m["num_classes"]))["miou"]
+        logged = deployed.set_index("stitch_id").loc[sid, "test_miou"]
+        assert got == pytest.approx(logged, abs=1e-6), (method, sid)
