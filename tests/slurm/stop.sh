@@ -3,6 +3,15 @@
 # and removes the /etc/slurm/slurm.conf it wrote for STATE_DIR.
 set -uo pipefail
 state=$(realpath -m "${1:?usage: $0 STATE_DIR}")
+# jobs still queued or running in this private cluster (a test that failed half-way) go first: their
+# processes belong to slurmstepd, which outlives slurmd
+if [[ -f "$state/slurmctld.started" ]] && kill -0 "$(cat "$state/slurmctld.started")" 2>/dev/null; then
+    jobs=$(squeue -h -o %i 2>/dev/null)
+    if [[ -n "$jobs" ]]; then
+        scancel $jobs
+        for _ in $(seq 50); do [[ -z "$(squeue -h -o %i 2>/dev/null)" ]] && break; sleep 0.2; done
+    fi
+fi
 for daemon in slurmd slurmctld munged; do
     file="$state/$daemon.started"
     [[ -f "$file" ]] || continue
