@@ -167,13 +167,13 @@ class TunableLlama(nn.Module):
                 setattr(self.net.get_submodule(parent), child, base)
         self.requires_grad_(False)
         for names, own in zip(self._bias_names, self.biases):
-            row = []
-            for n, b in zip(names, own):
+            targets = []
+            for n in names:
                 linear = self.net.get_submodule(n.removesuffix(".base_layer.bias"))
                 if linear.bias is None:  # a LLaMA linear: give it the bias a stitch adds
                     linear.bias = nn.Parameter(linear.weight.new_zeros(linear.out_features), requires_grad=False)
-                row.append((linear.bias, b))
-            self._slots.append(row)
+                targets.append(linear.bias)
+            self._slots.append((targets, list(own)))
         self.deployed, self._active = True, None
         return self
 
@@ -186,8 +186,8 @@ class TunableLlama(nn.Module):
         if self._active == stitch_id:
             return
         self.net.stitch(stitch_id)  # range check, naming the valid ids
-        for linear_bias, own in self._slots[stitch_id]:
-            linear_bias.copy_(own)
+        if self._slots[stitch_id][0]:
+            torch._foreach_copy_(*self._slots[stitch_id])  # one dispatch, each cast to its linear's dtype
         self._active = stitch_id
 
     def stop_ids(self, stitch_id: int, eos_token_id: int | list[int] | None = None) -> list[int]:
