@@ -7,6 +7,7 @@ SN-Net's full tuning. Tampering, ONNX and profiling: tests/test_palette_trust.py
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -413,6 +414,7 @@ def test_smoke_latency_and_storage_tables(smoke):
     cfg = yaml.safe_load(SMOKE.read_text())
     latency = pd.read_csv(smoke / "tables" / "latency.csv")
     assert (latency["median_ms"] > 0).all() and (latency["torch_threads"] == cfg["threads"]).all()
+    assert set(latency["runtime"]) == {"torch"}  # ESTA and SN-Net through one path: the served palette
     for (method, task), g in latency[latency["family"] != "llm"].groupby(["method", "task"]):
         deployed = pd.read_csv(smoke / method / "default" / task / "seed0" / "tuning" / "deployed.csv")
         assert set(g["stitch_id"]) == set(deployed["stitch_id"]) and set(g["batch"]) == {1, 32}
@@ -433,3 +435,65 @@ def test_smoke_latency_and_storage_tables(smoke):
     assert per_task["esta"] < per_task["snnet"] / 5
     assert (run["palette_bytes"] >= run["tensors_bytes"]).all() and (run["n_exports"] > 0).all()
     assert (storage.loc[storage["family"] == "llm", "palette_params"] > 0).all()
+
+
+def smoke_vit_palettes(smoke) -> list[Path]:
+    import yaml
+
+    cfg = yaml.safe_load(SMOKE.read_text())
+    return [smoke / m / "default" / t / "palette" / "seed0" for m in ("esta", "snnet") for t in cfg["tasks"]]
+
+
+def test_smoke_unlimited_budget_serves_the_most_accurate_measured_stitch(smoke):
+    from esta.palette import read_table
+
+    for folder in [*smoke_vit_palettes(smoke), smoke / "llm" / "esta" / "default" / "seed0" / "palette"]:
+        t = read_table(folder)
+        dep = t[t["deployed"] & t["accuracy"].notna()]
+        assert len(dep), folder
+        best = set(dep.loc[dep["accuracy"] == dep["accuracy"].max(), "stitch_id"])
+        assert choose(t) in best, folder
+        dominated = t.loc[t["deployed"], "dominated"]
+        assert dominated.notna().all() and not dominated[list(best)].all(), folder  # one best is undominated
+
+
+def test_smoke_onnx_equals_the_palette_for_every_deployed_stitch(smoke, tmp_path, monkeypatch):
+    import onnxruntime as ort
+    import yaml
+
+    from esta.vit.build import open_task, read_manifest
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cfg = yaml.safe_load(SMOKE.read_text())
+    task = cfg["tasks"][0]
+    x = open_task(read_manifest(smoke / "data" / task / "manifest.json"), "test", cfg["data"]["img_size"]).tensors[0][:5]
+    for method in ("esta", "snnet"):
+        palette = load(smoke / method / "default" / task / "palette" / "seed0")
+        for sid in palette.table.loc[palette.table["deployed"], "stitch_id"]:
+            path = palette.export(int(sid), tmp_path / method, format="onnx")
+            got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+            with torch.no_grad():
+                assert (torch.from_numpy(got) - palette.select(stitch_id=int(sid))(x)).abs().max() <= 1e-4, (method, sid)
+
+
+def test_smoke_second_load_of_a_bundled_palette_hashes_nothing(smoke, tmp_path, monkeypatch):
+    import esta.hashcache
+    from esta.palette import bundle
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for src in (smoke_vit_palettes(smoke)[0], smoke / "llm" / "esta" / "default" / "seed0" / "palette"):
+        folder = shutil.copytree(src, tmp_path / src.parts[-3] / "palette", copy_function=os.link)
+        import json
+
+        meta = json.loads((src / "palette.json").read_text())
+        bundle(folder, [(src / a["path"]).resolve() for a in meta["anchors"]])
+        from esta.__main__ import load_palette
+
+        load_palette(folder)
+        hashed = []
+        real = esta.hashcache.runtime.file_digest
+        monkeypatch.setattr(esta.hashcache.runtime, "file_digest", lambda p: hashed.append(p) or real(p))
+        load_palette(folder)
+        assert hashed == [], folder  # counted, not timed
+        monkeypatch.undo()
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

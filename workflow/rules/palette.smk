@@ -4,16 +4,20 @@
 # times every deployed stitch on this machine and writes the final folder with its latency columns.
 # Across runs: results/tables/latency.csv and results/tables/storage.csv.
 SCHEMAS = ["esta/palette.schema.json"]
-PALETTE_CODE = code("palette", "vit/palette", "vit/build", "vit/data", "vit/metrics")
+PALETTE_CODE = code(
+    "palette", "vit/palette", "vit/build", "vit/data", "vit/metrics", "__main__"
+)
 PALETTE_SCHEMAS = SCHEMAS + ["esta/vit/palette.schema.json"]
-LLM_PALETTE_CODE = code("palette", "llm/palette") + LLM_CODE
+LLM_PALETTE_CODE = code("palette", "llm/palette", "__main__") + LLM_CODE
 LLM_PALETTE_SCHEMAS = SCHEMAS + ["esta/llm/palette.schema.json"]
-PROFILE_CODE = code("profile", "__main__")  # palette_family: the entry point knows the families
+# palette_family: the entry point knows the families
+PROFILE_CODE = code("profile", "__main__")
 
 
 def palette_selection(w):
     """Selection-split accuracy of every stitch, where the run measured it on the palette's own model
-    (SN-Net's deploy step, ESTA's `evaluate` selection): the accuracy a budget chooses by."""
+    (SN-Net's deploy step, ESTA's `evaluate` selection): the accuracy a budget chooses by.
+    """
     if eval_mode() != "tuning":
         return {}
     if w.method == "snnet" or method_config(w.variant)["deploy"]["score"] == "evaluate":
@@ -36,7 +40,8 @@ LLM_PALETTE_RUNS = [
 
 rule palette_latency:
     """Every deployed stitch of a run's palette timed on this machine, batch 1 and 32, through the
-    served path (esta.profile, as `python -m esta profile` does); the palette with its latency columns."""
+    served path (esta.profile, as `python -m esta profile` does); the palette with its latency columns.
+    """
     input:
         palette=f"{R}/{{method}}/{{variant}}/{{task}}/palette_unprofiled/seed{{seed}}",
         schemas=PALETTE_SCHEMAS,
@@ -84,7 +89,11 @@ rule palette:
         schemas=PALETTE_SCHEMAS,
         code=PALETTE_CODE,
     output:
-        temp(directory(f"{R}/{{method}}/{{variant}}/{{task}}/palette_unprofiled/seed{{seed}}")),
+        temp(
+            directory(
+                f"{R}/{{method}}/{{variant}}/{{task}}/palette_unprofiled/seed{{seed}}"
+            )
+        ),
     log:
         f"{R}/logs/palette/{{method}}/{{variant}}/{{task}}/seed{{seed}}.log",
     benchmark:
@@ -101,6 +110,7 @@ rule palette:
         fgvc_interpolation=config["data"]["fgvc_interpolation"],
         mode=eval_mode(),
         bundle=config["palette"]["bundle"],
+        kind="vit",
     script:
         "../scripts/palette_build.py"
 
@@ -157,8 +167,9 @@ rule llm_palette:
         stitch_rule=LLM["rule"],
         pst=llm_pst,
         bundle=config["palette"]["bundle"],
+        kind="llm",
     script:
-        "../scripts/palette_llm.py"
+        "../scripts/palette_build.py"
 
 
 rule latency_table:
