@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import yaml
 from conftest import BIN, ROOT, make_workdir, snakemake
@@ -209,7 +210,17 @@ def slurm_run(slurm_cluster, smoke, tmp_path_factory):
     assert cancelled is not None, f"the training job finished before a checkpoint was seen:\n{text[-3000:]}"
     run_id = re.search(r"SLURM run ID: (\S+)", text).group(1)
     return dict(work=work, text=text, planned=planned, cancelled=cancelled, cancelled_at=cancelled_at,
-                records=job_records(run_id))
+                records=job_records(run_id), leftovers=processes_of(work))
+
+
+def processes_of(work: Path) -> list[str]:
+    """Processes still running a job of ``work`` (their command line names the folder)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if str(work) in cmd:
+            found.append(f"{p.pid}: {cmd[:200]}")
+    return found
 
 
 @pytest.mark.slurm
@@ -250,6 +261,7 @@ def test_scancelled_training_resumes_from_its_checkpoint_with_the_local_metrics(
     assert 0 < info["resumed_from"] < info["steps"], info
     assert info["resumed_from"] >= slurm_run["cancelled_at"] > 0
     assert f"SLURM-job '{slurm_run['cancelled']}' failed, SLURM status is: 'CANCELLED'" in slurm_run["text"]
+    assert slurm_run["leftovers"] == []  # the cancelled job left no process behind
     assert_same_metrics(work / TARGET, smoke / "esta" / "default" / TASK / "metrics.csv")
     ref = smoke / "esta" / "default" / TASK / "seed0" / "tuning"
     for name in ("importance.csv", "train_log.csv"):

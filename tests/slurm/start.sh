@@ -10,8 +10,9 @@
 # limit. The configuration is written to /etc/slurm/slurm.conf, where every SLURM command looks for
 # it (inside a job too: the executor plugin's job step drops SLURM_* variables, SLURM_CONF included,
 # before its srun); a slurm.conf that start.sh did not write is left alone and start.sh stops.
-# No cgroups (proctrack/linuxproc, task/none) and no accounting database: the executor
-# plugin's `squeue` status mode needs neither, and finished jobs stay visible to squeue and
+# No cgroups (proctrack/pgid: a job is its process groups, so a cancelled job's Snakemake, orphaned
+# when srun dies first, is still found, as proctrack/linuxproc's parent chain does not; task/none) and
+# no accounting database: the executor plugin's `squeue` status mode needs neither, and finished jobs stay visible to squeue and
 # `scontrol show job` for MinJobAge (1 h). Daemons listen on 127.0.0.1 only (ports 6817/6818).
 set -euo pipefail
 
@@ -52,7 +53,7 @@ SlurmctldPidFile=$state/slurmctld.pid
 SlurmdPidFile=$state/slurmd.pid
 SlurmctldLogFile=$state/log/slurmctld.log
 SlurmdLogFile=$state/log/slurmd.log
-ProctrackType=proctrack/linuxproc
+ProctrackType=proctrack/pgid
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
