@@ -39,7 +39,7 @@ from esta.vit.anchors import build_anchor, check_family, family, family_at, weig
 from esta.vit.stitch import StitchedViT
 from esta.vit.tuning import TunableViT, TuningConfig, make_tunable
 
-__all__ = ["IGNORE", "SegHead", "make_segmenter", "build_seg_family", "seg_anchor", "assemble_seg", "seg_arch",
+__all__ = ["IGNORE", "SegHead", "make_segmenter", "build_seg_family", "seg_anchor", "seg_costs", "assemble_seg", "seg_arch",
            "confusion", "seg_scores", "evaluate_seg"]
 
 IGNORE = -100  # label of pixels that do not count: F.cross_entropy's default ignore_index
@@ -130,6 +130,16 @@ def assemble_seg(family_name, num_classes: int, img_size: int, hidden: int, anch
     if state_file is not None:
         load_trainable(model, load_tensors_file(state_file)[0], state_file)
     return model
+
+
+def seg_costs(family_name, num_classes: int, img_size: int, hidden: int):
+    """MACs per image at ``img_size`` (head included) and parameters of every stitch of the plain family,
+    counted on the meta device: what a deployed (merged) stitch costs, without a PST model's LoRA branches."""
+    from esta.vit.stitch import stitch_costs
+
+    with torch.device("meta"):
+        anchors = build_seg_family(family_name, num_classes, img_size, hidden)
+    return stitch_costs(anchors, [s.name for s in family(family_at(family_name, img_size))])
 
 
 # ---------------------------------------------------------------------------------------------

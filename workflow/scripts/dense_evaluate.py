@@ -9,9 +9,8 @@ from esta.train import pick_device
 from esta.vit.build import tuning_config
 from esta.vit.seg_data import open_dense, read_dense_manifest
 from esta.vit.evaluate import stitch_losses
-from esta.vit.seg import assemble_seg, evaluate_seg
+from esta.vit.seg import assemble_seg, evaluate_seg, seg_costs
 from esta.vit.seg_results import deploy, fixed_seg_batch, stitch_table
-from esta.vit.stitch import stitch_costs
 
 log = runtime.start_job(snakemake)
 w, p, inp, out = snakemake.wildcards, snakemake.params, snakemake.input, snakemake.output
@@ -23,7 +22,7 @@ model = assemble_seg(p.family, m["num_classes"], d["img_size"], d["head_hidden"]
 bs = d["eval_batch_size"]
 scores = {split: evaluate_seg(model, open_dense(m, split, d, p.family), batch_size=bs, device=device)
           for split in ("selection", "test")}
-costs = stitch_costs(list(model.net.anchors))
+costs = seg_costs(p.family, m["num_classes"], d["img_size"], d["head_hidden"])  # without LoRA
 table = stitch_table(costs, scores["selection"], scores["test"], m["classes"])
 stats = pd.read_csv(inp.stats)
 score_name = d["deploy"]["score"] if method == "esta" else "evaluate"

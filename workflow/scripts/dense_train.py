@@ -13,8 +13,7 @@ from esta.train import TrainConfig, clear_checkpoints, pick_device, train
 from esta.tunable import count_trainable
 from esta.vit.build import tuning_config
 from esta.vit.seg_data import open_dense, read_dense_manifest
-from esta.vit.seg import assemble_seg
-from esta.vit.stitch import stitch_costs
+from esta.vit.seg import assemble_seg, seg_costs
 
 log = runtime.start_job(snakemake)
 w, p, inp, out = snakemake.wildcards, snakemake.params, snakemake.input, snakemake.output
@@ -30,7 +29,8 @@ cfg = TrainConfig(**d[method]["train"], seed=seed, checkpoint_every_s=p.checkpoi
 scfg = SamplerConfig(**p.esta["sampler"]) if method == "esta" else SamplerConfig(kind="uniform")
 groups = None
 if scfg.kind == "grouped":  # deployment slots over head-free MACs at the segmentation size, anchors alone
-    groups = deployment_slots(stitch_costs(list(model.net.anchors)), d["deploy"]["intervals"])
+    groups = deployment_slots(seg_costs(p.family, m["num_classes"], d["img_size"], d["head_hidden"]),
+                              d["deploy"]["intervals"])
 sampler = StitchSampler(model.net.num_stitches, cfg.total_steps(len(data)), scfg, seed=seed, groups=groups)
 n_trainable = count_trainable(model)
 log.info("%s on %s: %d stitches, %d trainable parameters", method, m["task"], model.net.num_stitches, n_trainable)
