@@ -5,7 +5,9 @@ forward overhead of the stitched model, all stitches with prefix reuse), ``bench
 (training step PST vs full: time, FLOPs, memory; utilisation), ``bench/checkpointing.py``
 (gradient checkpointing of the PST step: memory saved, time paid) and ``bench/peft_methods.py`` (the step of
 PST on DoRA, IA³, Adapter and AdaptFormer vs full fine-tuning: time, memory), ``bench/palette.py`` (switching
-stitches in a loaded palette vs one batch-32 forward; a palette stitch vs its export, ViT and Stitched LLaMA). ``bench/common.py`` holds the
+stitches in a loaded palette vs one batch-32 forward; a palette stitch vs its export, ViT and Stitched LLaMA),
+``bench/dag.py`` (the DAG build of config/paper.yaml plus a 100,000-file custom data set, as a cluster's
+login node builds it; full runs only). ``bench/common.py`` holds the
 benchmarked model, the timing race and the output checks; each module's docstring says what it
 measures and how.
 
@@ -39,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import FAMILY, NUM_CLASSES, STITCH, MismatchError, Row, Settings, check_same  # noqa: E402
+from bench.dag import bench_dag  # noqa: E402
 from bench.forward import bench_all_stitches, bench_forward, bench_table  # noqa: E402
 from bench.palette import bench_llm_palette, bench_palette, bench_palette_vs_export  # noqa: E402
 from bench.training import bench_training  # noqa: E402
@@ -147,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     report(bench_palette_vs_export(st, device))
     report(bench_llm_palette(st, device))
     report(bench_training(st, device))
+    if not args.quick:  # two dry runs of config/paper.yaml (minutes): not in the tests' quick run
+        report(bench_dag())
 
     wall = time.perf_counter() - t0
     write_csv(rows, args.out)
