@@ -15,6 +15,8 @@ the meta device and summed per stitch.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
+from itertools import islice
 
 import pandas as pd
 import torch
@@ -83,7 +85,7 @@ class StitchedViT(nn.Module):
         """Recompute every anchor block in the backward pass (memory for time, ~1 extra forward)."""
         self.grad_checkpointing = bool(enable)
 
-    def run_blocks(self, blocks: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    def run_blocks(self, blocks: Iterable[nn.Module], h: torch.Tensor) -> torch.Tensor:
         """``blocks(h)``, each block checkpointed when enabled and gradients are being recorded."""
         if not (self.grad_checkpointing and torch.is_grad_enabled()):
             for blk in blocks:  # a ModuleList (EVA) or nn.Sequential (ViT)
@@ -124,14 +126,15 @@ class StitchedViT(nn.Module):
         if s.is_anchor:
             return head(self.anchors[s.front], h)
         end = self.anchors[s.end]
-        h = self.run_blocks(end.blocks[s.k :], self.stitch_layer(s)(h))
+        h = self.run_blocks(islice(end.blocks, s.k, None), self.stitch_layer(s)(h))
         return head(end, h)
 
     def forward(self, x: torch.Tensor, stitch_id: int) -> torch.Tensor:
         s = self.stitch(stitch_id)
         vit = self.anchors[s.front]
         cut = self.depths[s.front] if s.is_anchor else s.j + 1
-        h = self.run_blocks(vit.blocks[:cut], embed(vit, x))
+        # islice, not blocks[:cut]: slicing an nn.Sequential builds a new module on every call
+        h = self.run_blocks(islice(vit.blocks, cut), embed(vit, x))
         return self.tail(h, stitch_id)
 
     def path_prefixes(self, stitch_id: int) -> list[str]:
