@@ -1,6 +1,7 @@
 """ESTA (He et al., CVPR 2024) and its SN-Net baseline: the method core (this package's modules),
-the ViT family (``esta.vit``) and the Stitched LLaMA family (``esta.llm``); ``esta.Palette`` loads
-what a user deploys (spec §12)."""
+the ViT family (``esta.vit``) and the Stitched LLaMA family (``esta.llm``); ``esta.Palette`` is what
+a user deploys (spec §12), loaded through its family: ``esta.vit.palette.load(path)`` or
+``esta.llm.palette.load(path)``."""
 
 import importlib
 
