@@ -293,3 +293,14 @@ def select_inputs(w):
     if score == "evaluate":
         files["selection"] = f"{run}/stitch_accuracy_selection.csv"
     return files
+
+
+def palette_selection(w):
+    """Selection-split accuracy of every stitch, where the run measured it on the palette's own model
+    (SN-Net's deploy step, ESTA's `evaluate` selection): the accuracy a budget chooses by.
+    """
+    if eval_mode() != "tuning":
+        return {}
+    if w.method == "snnet" or method_config(w.variant)["deploy"]["score"] == "evaluate":
+        return dict(selection=f"{run_dir(w)}/tuning/stitch_accuracy_selection.csv")
+    return {}

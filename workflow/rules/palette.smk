@@ -14,17 +14,6 @@ LLM_PALETTE_SCHEMAS = SCHEMAS + ["esta/llm/palette.schema.json"]
 PROFILE_CODE = code("profile", "__main__")
 
 
-def palette_selection(w):
-    """Selection-split accuracy of every stitch, where the run measured it on the palette's own model
-    (SN-Net's deploy step, ESTA's `evaluate` selection): the accuracy a budget chooses by.
-    """
-    if eval_mode() != "tuning":
-        return {}
-    if w.method == "snnet" or method_config(w.variant)["deploy"]["score"] == "evaluate":
-        return dict(selection=f"{run_dir(w)}/tuning/stitch_accuracy_selection.csv")
-    return {}
-
-
 # the runs of the default variant the tables cover (their wildcards, in the order of the inputs)
 PALETTE_RUNS = [
     dict(family=config["family"], method=m, variant="default", task=t, seed=s)
