@@ -101,14 +101,14 @@ def test_exported_deployed_stitch_reproduces_the_logged_miou(smoke, tmp_path):
     import yaml
 
     from esta.vit.anchors import family
-    from esta.vit.build import tuning_config
+    from esta.vit.build import read_manifest, tuning_config
     from esta.vit.export import export_stitch, load_stitch
     from esta.vit.seg import assemble_seg, confusion, seg_scores
-    from esta.vit.seg_data import open_dense, read_dense_manifest
+    from esta.vit.seg_data import open_dense
 
     cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
     d = cfg["dense"]
-    m = read_dense_manifest(smoke / "dense" / "data" / "shapes" / "manifest.json")
+    m = read_manifest(smoke / "dense" / "data" / "shapes" / "manifest.json")
     x, y = open_dense(m, "test", d, cfg["family"]).tensors
     for method in ("esta", "snnet"):
         run = smoke / "dense" / method / "shapes" / "seed0"

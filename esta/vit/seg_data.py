@@ -30,7 +30,7 @@ from esta.vit.tasks import DENSE_TASKS, dense_task
 
 __all__ = ["ADE_SPLITS", "ADE_LAYOUT", "SEG_SPLITS", "check_ade20k", "SegFolder", "split_indices",
            "write_dense_task", "DENSE_CLASSES", "DENSE_TASKS",
-           "dense_task", "class_names", "read_dense_manifest", "open_dense"]
+           "dense_task", "class_names", "open_dense"]
 
 ADE_SPLITS = ("training", "validation")
 ADE_LAYOUT = ("a folder holding images/{training,validation}/<name>.jpg and annotations/{training,validation}/"
@@ -219,18 +219,6 @@ def write_dense_task(out: str | os.PathLike, n_train: int, n_val: int, size: int
 # What the dense jobs open (config slice ``dense``)
 
 _IN_MEMORY_BYTES = 1 << 30  # a deterministic split that fits in 1 GiB as float32 is decoded once
-
-
-def read_dense_manifest(path: str | os.PathLike) -> dict:
-    """A dense task's manifest (``dense_register``) with its ``root`` resolved."""
-    import json
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"dense task manifest not found: {path}")
-    m = json.loads(path.read_text())
-    m["root"] = str(path.parent / m["root"])
-    return m
 
 
 def open_dense(manifest: dict, split: str, dense: dict, family, augment: bool | None = None):

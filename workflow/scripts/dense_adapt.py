@@ -11,14 +11,15 @@ from esta.train import TrainConfig, clear_checkpoints, pick_device, train
 from esta.tunable import count_trainable
 from esta.vit.anchors import family, family_at
 from esta.vit.seg import evaluate_seg, seg_anchor
-from esta.vit.seg_data import open_dense, read_dense_manifest
+from esta.vit.build import read_manifest
+from esta.vit.seg_data import open_dense
 from esta.vit.stitch import StitchedViT
 from esta.vit.tuning import TuningConfig, make_tunable
 
 log = runtime.start_job(snakemake)
 w, p, inp, out = snakemake.wildcards, snakemake.params, snakemake.input, snakemake.output
 i, seed = int(w.i), int(w.seed)
-m = read_dense_manifest(inp.data)
+m = read_manifest(inp.data)
 spec = family(family_at(p.family, p.dense["img_size"]))[i]
 device = pick_device(p.device)
 torch.manual_seed(seed)

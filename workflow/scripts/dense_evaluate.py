@@ -6,8 +6,8 @@ import pandas as pd
 
 from esta import runtime
 from esta.train import pick_device
-from esta.vit.build import tuning_config
-from esta.vit.seg_data import open_dense, read_dense_manifest
+from esta.vit.build import read_manifest, tuning_config
+from esta.vit.seg_data import open_dense
 from esta.vit.evaluate import stitch_losses
 from esta.vit.seg import assemble_seg, evaluate_seg, seg_costs
 from esta.vit.seg_results import deploy, fixed_seg_batch, stitch_table
@@ -15,7 +15,7 @@ from esta.vit.seg_results import deploy, fixed_seg_batch, stitch_table
 log = runtime.start_job(snakemake)
 w, p, inp, out = snakemake.wildcards, snakemake.params, snakemake.input, snakemake.output
 seed, method, d = int(w.seed), w.method, p.dense
-m = read_dense_manifest(inp.data)
+m = read_manifest(inp.data)
 device = pick_device(p.device)
 model = assemble_seg(p.family, m["num_classes"], d["img_size"], d["head_hidden"], list(inp.anchors), inp.stitch,
                      tuning_config(method, p.esta), state_file=inp.model, task=m["task"])

@@ -4,13 +4,14 @@ batch of un-augmented training images: ESTA on the upstream anchors, SN-Net on i
 from esta import runtime
 from esta.tensors import save_tensors
 from esta.vit.seg import build_seg_family
-from esta.vit.seg_data import open_dense, read_dense_manifest
+from esta.vit.build import read_manifest
+from esta.vit.seg_data import open_dense
 from esta.vit.seg_results import fixed_seg_batch
 from esta.vit.stitch import StitchedViT, ls_init
 
 log = runtime.start_job(snakemake)
 w, p, inp = snakemake.wildcards, snakemake.params, snakemake.input
-m = read_dense_manifest(inp.data)
+m = read_manifest(inp.data)
 seed = int(w.seed)
 data = open_dense(m, "train", p.dense, p.family, augment=False)
 images, _ = fixed_seg_batch(data, p.dense["ls_init_images"], seed)

@@ -11,14 +11,14 @@ from esta.sampling import SamplerConfig, StitchSampler
 from esta.tensors import save_tensors
 from esta.train import TrainConfig, clear_checkpoints, pick_device, train
 from esta.tunable import count_trainable
-from esta.vit.build import tuning_config
-from esta.vit.seg_data import open_dense, read_dense_manifest
+from esta.vit.build import read_manifest, tuning_config
+from esta.vit.seg_data import open_dense
 from esta.vit.seg import assemble_seg, seg_costs
 
 log = runtime.start_job(snakemake)
 w, p, inp, out = snakemake.wildcards, snakemake.params, snakemake.input, snakemake.output
 seed, method, d = int(w.seed), w.method, p.dense
-m = read_dense_manifest(inp.data)
+m = read_manifest(inp.data)
 data = open_dense(m, "train", d, p.family)
 device = pick_device(p.device)
 torch.manual_seed(seed)  # the new heads
