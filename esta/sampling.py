@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 
-KINDS = ("importance", "uniform", "grouped")
+KINDS = ("importance", "uniform", "grouped", "fixed")
 
 
 @dataclass
@@ -43,17 +43,24 @@ class SamplerConfig:
     """How stitches are drawn. ``kind`` is "importance" (ESTA's global importance sampling),
     "uniform" (SN-Net) or "grouped" [decision to measure]: a deployment interval is drawn
     uniformly, then a stitch inside it by the same importance formula restricted to the interval
-    (SN-Netv2's FLOPs-grouped sampling combined with ESTA's importance)."""
+    (SN-Netv2's FLOPs-grouped sampling combined with ESTA's importance). "fixed" draws stitch ``stitch``
+    at every step: one stitch trained alone with the whole palette's optimizer steps, the control that
+    separates a stitch's own quality from its share of a palette's training (issue 31, "the dip")."""
 
     kind: str = "importance"
     beta: float = 0.9
     warmup_frac: float = 0.1
     tau: float = 1.0
     eps: float = 0.1
+    stitch: int | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"sampler kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == "fixed" and (self.stitch is None or int(self.stitch) != self.stitch or self.stitch < 0):
+            raise ValueError(f"sampler kind 'fixed' needs sampler.stitch, a stitch id >= 0, got {self.stitch!r}")
+        if self.kind != "fixed" and self.stitch is not None:
+            raise ValueError(f"sampler.stitch ({self.stitch}) is only read by kind 'fixed', not {self.kind!r}")
         if not 0.0 <= self.beta < 1.0:
             raise ValueError(f"sampler beta must be in [0, 1), got {self.beta}")
         if not 0.0 <= self.warmup_frac <= 1.0:
@@ -64,7 +71,10 @@ class SamplerConfig:
             raise ValueError(f"sampler eps must be in [0, 1], got {self.eps}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["stitch"] is None:  # only kind "fixed" has one: the other kinds' settings stay as they were
+            del d["stitch"]
+        return d
 
 
 @torch.no_grad()
@@ -103,6 +113,8 @@ class StitchSampler:
             if groups.shape != (n_stitches,):
                 raise ValueError(f"groups must give one interval per stitch ({n_stitches}), got shape {tuple(groups.shape)}")
         self.groups = groups if cfg.kind == "grouped" else None
+        if cfg.kind == "fixed" and not 0 <= cfg.stitch < n_stitches:
+            raise ValueError(f"sampler.stitch {cfg.stitch} is not a stitch id of this table (0..{n_stitches - 1})")
         # the pools drawn from, fixed for the run: one per deployment slot, or every stitch
         everyone = torch.ones(n_stitches, dtype=torch.bool)
         self._pools = [everyone] if self.groups is None else [self.groups == g for g in torch.unique(self.groups)]
@@ -137,6 +149,8 @@ class StitchSampler:
         deployment slot that holds a stitch) gets the same share of the draws."""
         # importance is read once per draw, and not at all while the draw is uniform: reading it
         # folds in the pending device importances, a host sync the uniform phases need not wait for
+        if self.cfg.kind == "fixed":
+            return torch.nn.functional.one_hot(torch.tensor(self.cfg.stitch), self.n).double()
         uniform = self.cfg.kind == "uniform" or step < self.warmup_steps
         imp = None if uniform else self.importance()
         return sum(self._pool_probs(pool, imp) for pool in self._pools) / len(self._pools)
@@ -161,6 +175,8 @@ class StitchSampler:
         return (1.0 - self.cfg.eps) * p + self.cfg.eps * uniform
 
     def sample(self, step: int) -> int:
+        if self.cfg.kind == "fixed":  # no draw: the generator's state is left as it is
+            return int(self.cfg.stitch)
         return int(torch.multinomial(self.probs(step), 1, generator=self.generator).item())
 
     @property
