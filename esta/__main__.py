@@ -1,6 +1,7 @@
 """Command line: ``python -m esta info (--family NAME | --timm MODEL ...) [--num-classes C] [--rank R] [--rule R]
 [--json]``; and for a palette (spec §12, ``esta.palette``): ``python -m esta palette PATH [--bundle]``,
-``python -m esta predict PATH [--max-gmacs G | --max-latency-ms T | --stitch-id I] IMAGE ...``,
+``python -m esta predict PATH [--max-gmacs G | --max-latency-ms T | --stitch-id I] [--out-dir DIR] IMAGE ...``
+(a segmentation palette writes one colour-mapped mask PNG per image into ``DIR``),
 ``python -m esta generate PATH [--max-params N | --stitch-id I] PROMPT ...``,
 ``python -m esta export PATH --stitch-id I [--format safetensors|onnx] OUT`` and
 ``python -m esta profile PATH [--device cuda] [--runtime torch onnxruntime]``. Every palette command
@@ -107,10 +108,12 @@ def palette_family(kind: str):
 
     if kind == "vit":
         from esta.vit import palette as family
+    elif kind == "seg":  # a ViT family's segmentation palette (spec §14)
+        from esta.vit import seg_palette as family
     elif kind == "llm":
         from esta.llm import palette as family
     else:
-        raise PaletteError(f"palette kind {kind!r} is not one of this package's families (vit, llm)")
+        raise PaletteError(f"palette kind {kind!r} is not one of this package's families (vit, seg, llm)")
     return family
 
 
@@ -139,7 +142,8 @@ def _palette_commands(sub) -> dict:
     show = parsers["palette"] = sub.add_parser("palette", help="print a palette's stitch table")
     common(show)
     show.add_argument("--bundle", action="store_true", help="copy its anchors into PATH/anchors (self-contained)")
-    pred = parsers["predict"] = sub.add_parser("predict", help="classify images with one stitch of a ViT palette")
+    pred = parsers["predict"] = sub.add_parser("predict", help="classify images with one stitch of a ViT palette, "
+                                               "or write their masks (a segmentation palette, --out-dir)")
     gen = parsers["generate"] = sub.add_parser("generate", help="answer prompts with one stitch of an LLM palette")
     for p, budget, inputs in ((pred, "--max-gmacs", "images"), (gen, "--max-params", "prompts")):
         common(p)
@@ -150,6 +154,7 @@ def _palette_commands(sub) -> dict:
         which.add_argument("--max-latency-ms", type=float, help="the same, by measured batch-1 latency")
         which.add_argument("--stitch-id", type=int, help="any stitch of the palette")
     pred.add_argument("--batch-size", type=int, default=32)
+    pred.add_argument("--out-dir", help="segmentation palettes: the folder for one colour-mapped mask PNG per image")
     gen.add_argument("--max-new-tokens", type=int, default=32)
     exp = parsers["export"] = sub.add_parser("export", help="write one stitch as a standalone model")
     common(exp)
@@ -202,6 +207,10 @@ def _run_palette(args) -> int:
     budgets = dict(stitch_id=args.stitch_id, max_latency_ms=args.max_latency_ms)
     if args.command == "predict":
         palette.select(max_gmacs=args.max_gmacs, **budgets)
+        if args.out_dir is not None or palette.meta["kind"] == "seg":  # masks: one PNG per image
+            for r in palette.predict(args.images, args.batch_size, out_dir=args.out_dir).to_dict("records"):
+                print(f"{r['image']}\t{r['mask']}\t{r['width']}x{r['height']}\tstitch {r['stitch_id']}")
+            return 0
         for r in palette.predict(args.images, args.batch_size).to_dict("records"):
             print(f"{r['image']}\t{r['class']}\t{r['probability']:.4f}\tstitch {r['stitch_id']}")
         return 0

@@ -320,11 +320,18 @@ class Palette:
         palette, ``(input_ids, attention_mask)`` for an LLM palette."""
         return self._family.forward(self.model, self.stitch_id, *inputs, **kw)
 
-    def predict(self, images, batch_size: int = 32) -> pd.DataFrame:
+    def predict(self, images, batch_size: int = 32, out_dir: str | Path | None = None) -> pd.DataFrame:
         """Top-1 class of each image (paths, PIL images or image tensors), through the task's own eval
-        transform, in batches: columns image, class_index, class, probability, stitch_id."""
+        transform, in batches: columns image, class_index, class, probability, stitch_id. A family that
+        writes masks (``WRITES_MASKS``: ``esta.vit.seg_palette``) writes one colour-mapped mask PNG per image into ``out_dir`` instead and
+        returns columns image, mask, width, height, stitch_id."""
         if not hasattr(self._family, "predict"):
             raise PaletteError(f"a {self.meta['kind']} palette does not classify images; use generate")
+        if out_dir is not None:
+            if not getattr(self._family, "WRITES_MASKS", False):
+                raise PaletteError(f"a {self.meta['kind']} palette writes no masks: out_dir is for segmentation "
+                                   "palettes")
+            return self._family.predict(self, images, batch_size, out_dir=out_dir)
         return self._family.predict(self, images, batch_size)
 
     def generate(self, prompts: list[str] | str, max_new_tokens: int = 32, template: bool = True) -> list[str]:
