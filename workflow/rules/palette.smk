@@ -213,3 +213,69 @@ rule storage_table:
         paper=dict(family_name="vit-ti-s-b", num_classes=100, rank=8),
     script:
         "../scripts/storage_table.py"
+
+
+# A dense run's palette (kind seg, esta.vit.seg_palette): the same two steps, the same scripts.
+SEG_PALETTE_CODE = code("palette", "vit/seg_palette", "vit/seg", "vit/build", "__main__")
+SEG_PALETTE_SCHEMAS = SCHEMAS + ["esta/vit/seg_palette.schema.json"]
+
+
+rule dense_palette_latency:
+    """Every deployed stitch of a dense run's palette timed on this machine at the segmentation size
+    (esta.profile, as palette_latency); the palette with its latency columns."""
+    input:
+        palette=f"{R}/dense/{{method}}/{{dtask}}/seed{{seed}}/palette_unprofiled",
+        schemas=SEG_PALETTE_SCHEMAS,
+        code=SEG_PALETTE_CODE + PROFILE_CODE,
+    output:
+        palette=directory(f"{R}/dense/{{method}}/{{dtask}}/seed{{seed}}/palette"),
+        latency=f"{R}/dense/{{method}}/{{dtask}}/seed{{seed}}/latency.csv",
+    log:
+        f"{R}/logs/dense_palette_latency/{{method}}/{{dtask}}/seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/dense_palette_latency/{{method}}/{{dtask}}/seed{{seed}}.tsv"
+    wildcard_constraints:
+        dtask="[a-z0-9_]+",
+    conda:
+        "../envs/esta.yaml"
+    threads: heavy_threads()
+    params:
+        torch_threads=config["threads"],
+        latency=config["palette"]["latency"],
+    script:
+        "../scripts/palette_latency.py"
+
+
+rule dense_palette:
+    """A dense run's palette before its latency is measured: task tensors (SETR heads included), the
+    stitch table with every stitch's selection and test mIoU, classes and their mask colours, the eval
+    transform, anchors by sha256."""
+    input:
+        anchors=dense_anchors,
+        stitch=f"{R}/dense/{{method}}/{{dtask}}/seed{{seed}}/stitch_init.safetensors",
+        model=f"{R}/dense/{{method}}/{{dtask}}/seed{{seed}}/model.safetensors",
+        deployed=f"{R}/dense/{{method}}/{{dtask}}/seed{{seed}}/deployed.csv",
+        stitches=f"{R}/dense/{{method}}/{{dtask}}/seed{{seed}}/stitches.csv",
+        data=f"{R}/dense/data/{{dtask}}/manifest.json",
+        schemas=SEG_PALETTE_SCHEMAS,
+        code=SEG_PALETTE_CODE,
+    output:
+        temp(directory(f"{R}/dense/{{method}}/{{dtask}}/seed{{seed}}/palette_unprofiled")),
+    log:
+        f"{R}/logs/dense_palette/{{method}}/{{dtask}}/seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/dense_palette/{{method}}/{{dtask}}/seed{{seed}}.tsv"
+    wildcard_constraints:
+        dtask="[a-z0-9_]+",
+    conda:
+        "../envs/esta.yaml"
+    threads: heavy_threads()
+    params:
+        torch_threads=config["threads"],
+        family=FAMILY,
+        dense=DENSE,
+        esta=method_config("default")["esta"],
+        bundle=config["palette"]["bundle"],
+        kind="seg",
+    script:
+        "../scripts/palette_build.py"
