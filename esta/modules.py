@@ -48,6 +48,13 @@ def closure(modules: list[str]) -> list[str]:
     """Paths (relative to the repository, sorted) of the given modules — ``"train"``, ``"vit/stitch"``,
     or a package folder such as ``"vit/data"`` (every module in it) — and of every ``esta`` module
     they import, directly or not. An unknown name is an error naming it."""
+    return list(_closure(tuple(modules)))
+
+
+# Cached as a whole too: input functions ask for the same few module sets once per job (select_inputs:
+# ~600 jobs of config/paper.yaml), and following the imports again cost 1-2 s of each DAG build (issue 32).
+@functools.lru_cache(maxsize=None)
+def _closure(modules: tuple[str, ...]) -> tuple[str, ...]:
     todo = []
     for m in modules:
         folder = ROOT / m
@@ -65,4 +72,4 @@ def closure(modules: list[str]) -> list[str]:
         seen.add(f)
         todo += [p / "__init__.py" for p in f.parents if p.is_relative_to(ROOT) and (p / "__init__.py").is_file()]
         todo += [g for g in map(_file, _imports(f)) if g is not None]
-    return sorted(str(Path("esta") / f.relative_to(ROOT)) for f in seen)
+    return tuple(sorted(str(Path("esta") / f.relative_to(ROOT)) for f in seen))

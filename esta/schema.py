@@ -9,6 +9,7 @@ one line: the key path, the bad value and the rule it broke. Every key is requir
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jsonschema
@@ -26,11 +27,18 @@ def _short(value) -> str:
     return text if len(text) <= MAX_VALUE_CHARS else text[: MAX_VALUE_CHARS - 4] + " ..."
 
 
+# One parse of the schema per process: the workflow checks the config and each variant merged into it
+# (16 checks of config/paper.yaml), and re-reading the schema with PyYAML was most of each (issue 32).
+@functools.lru_cache(maxsize=None)
+def _validator(schema_file: str):
+    schema = yaml.safe_load(Path(schema_file).read_text())
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
 def config_errors(config: dict, schema_file: str | Path, name: str = "config") -> list[str]:
     """One line per violation, ``<name>.<key path> = <value>: <message> [schema rule]``, sorted by
     key path; empty when ``config`` is valid."""
-    schema = yaml.safe_load(Path(schema_file).read_text())
-    validator = jsonschema.validators.validator_for(schema)(schema)
+    validator = _validator(str(schema_file))
     lines = []
     for err in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)

@@ -21,7 +21,6 @@ centre crop otherwise).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -29,7 +28,8 @@ from pathlib import Path
 import torch
 
 from esta.vit.data.hf import HfSplit, check_hf, load_hf
-from esta.vit.data.imagefolder import ImageFolderSplit, check_imagefolder, walk
+from esta.vit.data.imagefolder import ImageFolderSplit, check_imagefolder
+from esta.vit.fingerprint import fingerprint  # torch-free: the DAG build imports it
 from esta.vit.data.transforms import eval_transform, fgvc_transform
 from esta.vit.tasks import DEFAULT_GROUP
 
@@ -149,30 +149,3 @@ def open_custom(m: dict, split: str, img_size: int, augment: bool | None, mean_s
         raise ValueError(f"task {m['task']!r} split {split!r}: {len(ds)} examples, the manifest says "
                          f"{m['splits'][split]}; {m['root']} changed since it was registered: rerun register_data")
     return ds, augment
-
-
-def fingerprint(path: str | os.PathLike, stat_files: bool = False) -> str:
-    """sha256 of what a data folder looks like, taken when the DAG is built (dry runs included, often
-    several times on a cluster's login node): an added, removed or renamed file changes it, which reruns
-    ``register_data``. Each folder's relative path, size and mtime and each file's name go in: one
-    ``stat`` per folder, none per file, so an ImageNet-sized image folder costs thousands of calls, not a
-    million. With ``stat_files`` (Hugging Face data: a few large files, rewritten in place by
-    ``save_to_disk``) every file's size and mtime go in too. ``register_data`` itself reads and hashes
-    every file (:func:`describe_custom`); a file rewritten in place under the same name in an image folder
-    is seen there only once something else reruns it (``--forcerun register_data``). A symbolic link
-    cycle is an error naming the link (:func:`esta.vit.data.imagefolder.walk`)."""
-    root = Path(path).expanduser()
-    if not root.exists():
-        return f"missing: {root}"
-    h = hashlib.sha256()
-    for here, dirs, files in walk(root):
-        st = os.stat(here)
-        rel = os.path.relpath(here, root)
-        h.update(f"{rel}/\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-        for f in files:
-            line = f"{rel}/{f}"
-            if stat_files:
-                fst = os.stat(os.path.join(here, f))
-                line += f"\t{fst.st_size}\t{fst.st_mtime_ns}"
-            h.update(f"{line}\n".encode())
-    return h.hexdigest()

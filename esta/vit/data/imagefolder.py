@@ -29,6 +29,7 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from esta.vit.data.files import load_rgb
+from esta.vit.fingerprint import walk  # torch-free: the DAG build fingerprints folders with it
 
 __all__ = ["SPLIT_NAMES", "IMAGEFOLDER_LAYOUT", "walk", "find_splits", "split_roles", "scan_split", "read_image", "check_imagefolder",
            "ImageFolderSplit"]
@@ -48,25 +49,6 @@ IMAGEFOLDER_LAYOUT = (
 
 def _hidden(name: str) -> bool:
     return name.startswith(".")
-
-
-def walk(top: str | os.PathLike, _above: tuple = ()):
-    """``os.walk(top, followlinks=True)`` in name order, as ``(folder, dirs, files)`` with names: symbolic
-    links are followed, and a link that leads back to a folder above it (a cycle, which ``os.walk`` would
-    follow forever) is an error naming the link and where it points. Pruning ``dirs`` in place skips
-    folders, as with ``os.walk``. One ``stat`` per folder; a file costs no ``stat`` (its type comes with
-    the directory entry, except for symbolic links)."""
-    st = os.stat(top)
-    here = (st.st_dev, st.st_ino)
-    if here in _above:
-        raise ValueError(f"symbolic link cycle: {top} points to {os.path.realpath(top)}, a folder above it; "
-                         "remove the link or point it elsewhere")
-    with os.scandir(top) as entries:
-        listed = sorted((e.name, e.is_dir()) for e in entries)  # is_dir follows links, like os.walk
-    dirs = [name for name, is_dir in listed if is_dir]
-    yield os.fspath(top), dirs, [name for name, is_dir in listed if not is_dir]
-    for name in dirs:
-        yield from walk(os.path.join(top, name), (*_above, here))
 
 
 def find_splits(root: Path) -> dict[str, str | None]:
