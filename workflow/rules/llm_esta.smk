@@ -65,9 +65,12 @@ rule llm_train_esta:
     priority: 10
     conda:
         "../envs/esta.yaml"
-    threads: heavy_threads()
+    # llm.nproc data-parallel processes (torchrun inside the job, esta.llm.job.launch), each of
+    # `threads` torch threads: the job asks for all of them (under SLURM, --cpus-per-task =
+    # threads x nproc in one task, the allocation torchrun --standalone starts its ranks in)
+    threads: heavy_threads() * LLM["nproc"]
     params:
-        **LLM_TRAIN_PARAMS,
+        **{**LLM_TRAIN_PARAMS, "torch_threads": config["threads"] * LLM["nproc"]},
         pst=llm_pst,
         train=LLM["train"],
         sampler=LLM["sampler"],
