@@ -4,7 +4,8 @@
 (a segmentation palette writes one colour-mapped mask PNG per image into ``DIR``),
 ``python -m esta generate PATH [--max-params N | --stitch-id I] PROMPT ...``,
 ``python -m esta export PATH --stitch-id I [--format safetensors|onnx] OUT`` and
-``python -m esta profile PATH [--device cuda] [--runtime torch onnxruntime]``. Every palette command
+``python -m esta profile PATH [--device cuda] [--runtime torch onnxruntime]`` and
+``python -m esta serve PATH [--slo-ms T] [--replicas N] [--address A]`` (``esta.serve``). Every palette command
 takes ``--anchors PATH`` (repeated), ``--verify`` and (but ``palette``) ``--device``; options may come
 before or after the positionals, and every failure is one ``error:`` line on stderr, exit status 2.
 
@@ -98,7 +99,7 @@ class UsageError(ValueError):
     """A command line argparse refused."""
 
 
-PALETTE_COMMANDS = ("palette", "predict", "generate", "export", "profile")
+PALETTE_COMMANDS = ("palette", "predict", "generate", "export", "profile", "serve")
 
 
 def palette_family(kind: str):
@@ -174,11 +175,32 @@ def _palette_commands(sub) -> dict:
     prof.add_argument("--threads", type=int, help="torch (and ONNX Runtime) threads (default: torch's)")
     prof.add_argument("--seq-len", type=int, default=64, help="prefill length of an LLM palette")
     prof.add_argument("--no-write", action="store_true", help="print the numbers, leave the palette as it is")
+    srv = parsers["serve"] = sub.add_parser("serve", help="serve a palette elastically over HTTP on Ray Serve")
+    common(srv)
+    device(srv)
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--slo-ms", type=float, help="latency objective: per batch, the most accurate deployed stitch "
+                     "whose queue wait + measured latency fits it (default: none, the most accurate)")
+    srv.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (each loads the palette)")
+    srv.add_argument("--threads", type=int, default=1, help="torch threads (and Ray CPUs) per replica")
+    srv.add_argument("--address", help="a running Ray cluster (auto, ray://host:10001, host:6379; default: "
+                     "RAY_ADDRESS, else one local Ray instance)")
+    srv.add_argument("--max-batch", type=int, default=32, help="requests batched together (@serve.batch)")
+    srv.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    srv.add_argument("--max-body-mb", type=float, default=16.0, help="larger request bodies are refused (413)")
+    srv.add_argument("--max-pixels", type=int, default=4096 * 4096, help="larger images are refused (413)")
+    srv.add_argument("--ray-temp-dir", help="the local Ray instance's temp folder (default: Ray's)")
     return parsers
 
 
 def _run_palette(args) -> int:
     from esta.palette import bundle, choose, describe
+
+    if args.command == "serve":  # the server loads the palette in each of its replicas
+        from esta.serve import main as serve
+
+        return serve(args)
 
     if args.command == "palette":  # the table only: no model is built
         if args.bundle:
