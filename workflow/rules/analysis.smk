@@ -4,6 +4,9 @@ rule accuracy_tables:
     input:
         deployed=f"{R}/tables/deployed.csv",
         controls=f"{R}/tables/anchors_alone.csv",
+        # the dense tasks' rows (metric miou), when dense.enabled (rules/dense_common.smk)
+        dense_deployed=dense_runs("deployed.csv") if DENSE["enabled"] else [],
+        dense_adapt=dense_adapt_infos() if DENSE["enabled"] else [],
     output:
         by_task=f"{R}/tables/accuracy_by_task.csv",
         by_group=f"{R}/tables/accuracy_by_group.csv",
@@ -11,6 +14,8 @@ rule accuracy_tables:
         f"{R}/logs/accuracy_tables.log",
     conda:
         "../envs/esta.yaml"
+    params:
+        dense=DENSE["enabled"],
     script:
         "../scripts/accuracy_tables.py"
 
@@ -21,6 +26,8 @@ rule cost_table:
     """
     input:
         unpack(lambda w: three_stage_costs()),
+        # the dense tasks' rows (metric miou), when dense.enabled (rules/dense_common.smk)
+        unpack(lambda w: dense_cost_inputs()),
         benchmarks=f"{R}/tables/benchmarks.csv",
         deployed=f"{R}/tables/deployed.csv",
         adapt_info=expand(
@@ -33,6 +40,7 @@ rule cost_table:
         data=expand(f"{R}/data/{{task}}/manifest.json", task=config["tasks"]),
         code=code(
             "analysis",
+            "vit/seg",
             "vit/info",
             "vit/tuning",
             "vit/anchors",
@@ -52,6 +60,7 @@ rule cost_table:
         img_size=config["data"]["img_size"],
         method=method_config("default"),
         three={v: method_config(v) for v in ABL["stages"] if esta_stages(v) == "three"},
+        dense=DENSE if DENSE["enabled"] else None,
     script:
         "../scripts/cost_table.py"
 
@@ -104,6 +113,46 @@ rule score_tables:
         bench=[score_benchmarks(t, s) for t, s in SCORE_RUNS],
     script:
         "../scripts/score_tables.py"
+
+
+rule dip_table:
+    """Why the middle of the palette dips (issue 31): per stitch of every default ESTA run, test
+    accuracy against training visits, slot size, LS residual of its stitching layer and position; per
+    task and anchor pair, the stitches below both anchors and rho of accuracy against each.
+    """
+    input:
+        test=expand(
+            f"{R}/esta/default/{{task}}/seed{{seed}}/tuning/stitch_accuracy_test.csv",
+            zip,
+            task=[t for t, _ in SCORE_RUNS],
+            seed=[s for _, s in SCORE_RUNS],
+        ),
+        stats=expand(
+            f"{R}/esta/default/{{task}}/seed{{seed}}/tuning/importance.csv",
+            zip,
+            task=[t for t, _ in SCORE_RUNS],
+            seed=[s for _, s in SCORE_RUNS],
+        ),
+        init=expand(
+            f"{R}/esta/default/{{task}}/seed{{seed}}/tuning/stitch_init.safetensors",
+            zip,
+            task=[t for t, _ in SCORE_RUNS],
+            seed=[s for _, s in SCORE_RUNS],
+        ),
+        stitches=f"{R}/tables/stitches.csv",
+        code=code("pareto", "scores", "tensors"),
+    output:
+        stitches=f"{R}/tables/dip.csv",
+        summary=f"{R}/tables/dip_summary.csv",
+    log:
+        f"{R}/logs/dip_table.log",
+    conda:
+        "../envs/esta.yaml"
+    params:
+        runs=SCORE_RUNS,
+        intervals=config["deploy"]["intervals"],
+    script:
+        "../scripts/dip_table.py"
 
 
 rule grad_interference:
