@@ -216,7 +216,9 @@ rule storage_table:
 
 
 # A dense run's palette (kind seg, esta.vit.seg_palette): the same two steps, the same scripts.
-SEG_PALETTE_CODE = code("palette", "vit/seg_palette", "vit/seg", "vit/build", "__main__")
+SEG_PALETTE_CODE = code(
+    "palette", "vit/seg_palette", "vit/seg", "vit/build", "__main__"
+)
 SEG_PALETTE_SCHEMAS = SCHEMAS + ["esta/vit/seg_palette.schema.json"]
 
 
@@ -260,7 +262,11 @@ rule dense_palette:
         schemas=SEG_PALETTE_SCHEMAS,
         code=SEG_PALETTE_CODE,
     output:
-        temp(directory(f"{R}/dense/{{method}}/{{dtask}}/seed{{seed}}/palette_unprofiled")),
+        temp(
+            directory(
+                f"{R}/dense/{{method}}/{{dtask}}/seed{{seed}}/palette_unprofiled"
+            )
+        ),
     log:
         f"{R}/logs/dense_palette/{{method}}/{{dtask}}/seed{{seed}}.log",
     benchmark:
