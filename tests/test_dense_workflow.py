@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -125,3 +126,36 @@ def test_exported_deployed_stitch_reproduces_the_logged_miou(smoke, tmp_path):
             got = seg_scores(confusion(standalone(x), y, m["num_classes"]))["miou"]
         logged = deployed.set_index("stitch_id").loc[sid, "test_miou"]
         assert got == pytest.approx(logged, abs=1e-6), (method, sid)
+
+
+def test_smoke_dense_rows_of_the_cost_and_accuracy_tables(smoke):
+    """cost.csv and accuracy_by_task.csv carry the dense task's rows, named by their metric (miou), from
+    the dense runs' own files; the classification rows keep metric accuracy."""
+    cost = pd.read_csv(smoke / "tables" / "cost.csv")
+    assert set(cost["metric"]) == {"accuracy", "miou"}
+    dense = cost[cost["metric"] == "miou"].set_index(["method", "step"])
+    assert set(dense.index) == {("esta", "train"), ("esta", "deploy"), ("esta", "total"), ("snnet", "adapt"),
+                                ("snnet", "stitch"), ("snnet", "deploy"), ("snnet", "total")}
+    run = smoke / "dense" / "{}" / "shapes" / "seed0"
+    info = {m: json.loads((Path(str(run).format(m)) / "train.json").read_text()) for m in ("esta", "snnet")}
+    assert dense.loc[("esta", "train"), "steps"] == info["esta"]["steps"]
+    assert dense.loc[("snnet", "stitch"), "trainable_params"] == info["snnet"]["trainable_params"]
+    assert dense.loc[("esta", "train"), "trainable_params"] == info["esta"]["trainable_params"]
+    assert (dense["wall_s"] > 0).all() and dense.loc[("snnet", "adapt"), "jobs"] == 3
+    assert dense.loc[("esta", "total"), "wall_s"] == pytest.approx(
+        dense.loc[("esta", "train"), "wall_s"] + dense.loc[("esta", "deploy"), "wall_s"], rel=1e-3)
+    assert dense.loc[("esta", "deploy"), "stored_params_task"] < dense.loc[("snnet", "deploy"), "stored_params_task"]
+    by_task = pd.read_csv(smoke / "tables" / "accuracy_by_task.csv")
+    rows = by_task[by_task["metric"] == "miou"].set_index("method")
+    assert set(rows["task"]) == {"dense/shapes"} and set(rows.index) == {"esta", "snnet", "anchor_ft"}
+    assert set(by_task.loc[by_task["metric"] == "accuracy", "task"]) >= set(by_task["task"]) - {"dense/shapes"}
+    for method in ("esta", "snnet"):
+        deployed = pd.read_csv(Path(str(run).format(method)) / "deployed.csv")
+        assert rows.loc[method, "accuracy_mean"] == pytest.approx(deployed["test_miou"].mean())
+        assert rows.loc[method, "deployed"] == len(deployed)
+    adapt = sorted((Path(str(run).format("snnet")) / "adapt").glob("*.json"))
+    alone = [json.loads(f.read_text())["test_miou"] for f in adapt]
+    assert rows.loc["anchor_ft", "accuracy_mean"] == pytest.approx(sum(alone) / 3)
+    assert rows.loc["anchor_ft", "deployed"] == 3
+    by_group = pd.read_csv(smoke / "tables" / "accuracy_by_group.csv")
+    assert "dense" not in set(by_group["group"])  # a mean over accuracies and mIoUs would mean nothing

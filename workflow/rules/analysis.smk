@@ -7,6 +7,7 @@ rule accuracy_tables:
         # the dense tasks' rows (metric miou), when dense.enabled (rules/dense_common.smk)
         dense_deployed=dense_runs("deployed.csv") if DENSE["enabled"] else [],
         dense_adapt=dense_adapt_infos() if DENSE["enabled"] else [],
+        code=code("pareto", "vit/seg_tables", "vit/tasks"),
     output:
         by_task=f"{R}/tables/accuracy_by_task.csv",
         by_group=f"{R}/tables/accuracy_by_group.csv",
@@ -40,7 +41,7 @@ rule cost_table:
         data=expand(f"{R}/data/{{task}}/manifest.json", task=config["tasks"]),
         code=code(
             "analysis",
-            "vit/seg",
+            "vit/seg_tables",
             "vit/info",
             "vit/tuning",
             "vit/anchors",

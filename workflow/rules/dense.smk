@@ -162,12 +162,7 @@ rule dense_tables:
         deployed=dense_runs("deployed.csv"),
         stitches=dense_runs("stitches.csv"),
         info=dense_runs("train.json"),
-        adapt=expand(
-            f"{R}/dense/snnet/{{t}}/seed{{seed}}/adapt/anchor{{i}}.json",
-            t=DENSE["tasks"],
-            seed=DENSE["seeds"],
-            i=ANCHORS,
-        ),
+        adapt=dense_adapt_infos(),
         code=code("vit/seg_results"),
     output:
         pareto=f"{R}/tables/pareto_dense.csv",

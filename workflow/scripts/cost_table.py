@@ -9,7 +9,11 @@ stitches needs (``esta.analysis.stored_params``: task-specific, and with the pre
 Optimizer steps per step are summed over tasks and seeds (`steps`) and given per task and seed.
 `esta_three` is three-stage ESTA (the stages ablation, on the ablation tasks only): `adapt` (PST on
 each anchor alone), `train` (LS init on the adapted anchors + PST over every stitch), `deploy`.
-A `total` row per method sums the wall time and steps and takes the peak memory and parameters maxima."""
+A `total` row per method sums the wall time and steps and takes the peak memory and parameters maxima.
+
+Column `metric` names what the runs behind a row are judged by: `accuracy` (classification, every
+row above) or `miou` (the dense tasks, spec §14, when `dense.enabled`: the same steps from the dense
+rules' benchmarks, esta.vit.seg_tables.cost_rows)."""
 
 import json
 from pathlib import Path
@@ -21,6 +25,7 @@ from esta.analysis import stored_params
 from esta.vit.info import meta_stitched
 from esta.vit.anchors import family_at
 from esta.vit.build import tuning_config
+from esta.vit.seg_tables import cost_rows
 from esta.tunable import count_trainable
 
 log = runtime.start_job(snakemake)
@@ -108,16 +113,24 @@ for (method, step), rules in STEPS.items():
     rows.append(dict(method=method, step=step, jobs=len(jobs), steps=n, steps_per_task=n / runs[method],
                      wall_s=jobs["s"].sum(), wall_s_per_task=jobs["s"].sum() / runs[method],
                      peak_rss_mb=jobs["peak_rss_mb"].max()))
-table = pd.DataFrame(rows).merge(counts, on=["method", "step"])
-total = table.groupby("method", as_index=False).agg(
+table = pd.DataFrame(rows).merge(counts, on=["method", "step"]).assign(metric="accuracy")
+if p.dense:  # the dense tasks' rows (metric miou, esta.vit.seg_tables)
+    inp = snakemake.input
+    dense = cost_rows(runtime.read_benchmarks(inp.dense_bench), inp.dense_info, inp.dense_adapt, inp.dense_deployed,
+                      inp.dense_data, p.family, p.dense["img_size"], p.dense["head_hidden"],
+                      {m: tuning_config(m, p.method[m]) for m in ("esta", "snnet")})
+    table = pd.concat([table, dense.assign(metric="miou")], ignore_index=True)
+total = table.groupby(["metric", "method"], as_index=False).agg(
     jobs=("jobs", "sum"), steps=("steps", "sum"), steps_per_task=("steps_per_task", "sum"),
     wall_s=("wall_s", "sum"), wall_s_per_task=("wall_s_per_task", "sum"),
     peak_rss_mb=("peak_rss_mb", "max"), trainable_params=("trainable_params", "max"))
-last = table.drop_duplicates("method", keep="last").set_index("method")
-total = total.assign(step="total", stored_params_task=total["method"].map(last["stored_params_task"]),
-                     stored_params_total=total["method"].map(last["stored_params_total"]))
+last = table.drop_duplicates(["metric", "method"], keep="last").set_index(["metric", "method"])
+key = pd.MultiIndex.from_frame(total[["metric", "method"]])
+total = total.assign(step="total", stored_params_task=last.loc[key, "stored_params_task"].to_numpy(),
+                     stored_params_total=last.loc[key, "stored_params_total"].to_numpy())
 table = pd.concat([table, total[table.columns]], ignore_index=True)
-table = table.sort_values(["method", "step"], key=lambda c: c.map(
+table = table[["metric", *[c for c in table.columns if c != "metric"]]]
+table = table.sort_values(["metric", "method", "step"], key=lambda c: c.map(
     {"adapt": 0, "train": 0, "stitch": 1, "deploy": 2, "total": 3}) if c.name == "step" else c)
 log.info("\n%s", table.to_string(index=False))
 runtime.write_csv(table.round(3), snakemake.output[0])
