@@ -12,13 +12,13 @@ differ are refused with an error naming both folders.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from esta.llm.checks import _folder_configs, check_folders  # noqa: F401 (torch-free: the DAG build imports them)
 from esta.stitches import enumerate_stitches
 
 __all__ = ["LlamaSpec", "FAMILIES", "family", "build_family", "load_anchors", "check_same_vocab", "check_rule",
@@ -79,15 +79,6 @@ def build_family(name: str, vocab_size: int | None = None, seed: int = 0) -> lis
     return out
 
 
-def _folder_configs(folders: list[str | Path | None]) -> list[dict] | None:
-    """The ``config.json`` of every anchor folder, or None when a folder or its config is missing
-    (left to the job that loads it, whose error names the layout)."""
-    configs = [Path(f) / "config.json" for f in folders if f is not None]
-    if len(configs) != len(folders) or not all(c.is_file() for c in configs):
-        return None
-    return [json.loads(c.read_text()) for c in configs]
-
-
 def check_rule(family_name: str, rule: str, folders: list[str | Path] | None = None) -> None:
     """Refuse a stitch ``rule`` the anchors cannot take (config ``llm.rule``), before any job: the
     depths and widths come from the folders' ``config.json`` when given (a missing one is left to
@@ -104,23 +95,6 @@ def check_rule(family_name: str, rule: str, folders: list[str | Path] | None = N
         enumerate_stitches([c["num_hidden_layers"] for c in shapes], [c["hidden_size"] for c in shapes], rule)
     except ValueError as err:
         raise ValueError(f"config llm.rule = {rule!r} does not fit the {where}: {err}") from None
-
-
-def check_folders(folders: list[str | Path]) -> None:
-    """Refuse, before any job, anchor folders whose ``config.json`` say they cannot be stitched: a
-    different ``vocab_size`` (no shared token space) or widths not ordered small to large. Folders
-    without a ``config.json`` are left to the job that loads them (its error names the layout)."""
-    shapes = _folder_configs(folders)
-    if shapes is None:
-        return
-    vocab = [c.get("vocab_size") for c in shapes]
-    if len(set(vocab)) != 1:
-        raise ValueError(f"config llm.anchors.folders: anchors {[str(f) for f in folders]} have different "
-                         f"vocabularies (vocab_size {vocab}); stitching needs one token space")
-    widths = [c.get("hidden_size") for c in shapes]
-    if widths != sorted(widths):
-        raise ValueError(f"config llm.anchors.folders: anchors must be ordered small to large; widths of "
-                         f"{[str(f) for f in folders]} are {widths}")
 
 
 def _tokenizer_files(folder: Path) -> bool:

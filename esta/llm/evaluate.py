@@ -31,26 +31,13 @@ import pandas as pd
 import torch
 from torch.utils.data import TensorDataset
 
+from esta.llm.checks import check_choices  # noqa: F401 (torch-free: the DAG build imports it)
 from esta.llm.data import prompt
 
 __all__ = [
     "response_nll", "continuation_logprobs", "encode_pair", "multiple_choice", "greedy_answers", "exact_match",
     "samples", "left_pad", "stitch_metrics", "check_choices",
 ]
-
-
-def check_choices(n_test: int, n_mc: int, mc_choices: int) -> None:
-    """The multiple-choice items are the first ``n_mc`` of the ``n_test`` held-out records, each with
-    ``mc_choices - 1`` distractors drawn from the other items' outputs (``esta.llm.tasks.choice_items``):
-    fewer than ``mc_choices`` items cannot give every one its distractors. Raised before any job runs,
-    naming the keys (``llm_prepare`` would fail on its first record otherwise)."""
-    items = min(n_test, n_mc)
-    if items < mc_choices:
-        which = "llm.suite.n_test" if n_test <= n_mc else "llm.eval.n_mc"
-        raise ValueError(f"{which} = {items} held-out records give {items} multiple-choice items, fewer than "
-                         f"llm.eval.mc_choices = {mc_choices}: each item needs {mc_choices - 1} distractors from the "
-                         f"other items' outputs (llm.suite.n_test = {n_test}, llm.eval.n_mc = {n_mc}); raise "
-                         f"{which} or lower llm.eval.mc_choices")
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ LLM_CODE = code(
 )
 if LLM["enabled"] and LLM["anchors"]["source"] == "folders" and None not in LLM_FOLDERS:
     # refused before any job: a pair of different vocabularies or widths out of order
-    from esta.llm.anchors import check_folders
+    from esta.llm.checks import check_folders
 
     check_folders(LLM_FOLDERS)
 if LLM["enabled"] and LLM["rule"] == "paired":
@@ -40,7 +40,7 @@ if LLM["enabled"] and LLM["rule"] == "paired":
     )
 if LLM["enabled"]:
     # refused before any job: too few held-out records for the multiple-choice items' distractors
-    from esta.llm.evaluate import check_choices
+    from esta.llm.checks import check_choices
 
     check_choices(
         LLM["suite"]["n_test"], LLM["eval"]["n_mc"], LLM["eval"]["mc_choices"]
