@@ -2,12 +2,14 @@
 custom image folder of 100,000 (empty) files, as ``custom/big`` (spec §13, issue 32).
 
 On a cluster the DAG is built on the login node, often several times (dry runs, restarts); the custom
-data set's fingerprint (``esta.vit.data.custom.fingerprint``) is taken at every build. The folder is
+data set's fingerprint (``esta.vit.fingerprint.fingerprint``) is taken at every build. The folder is
 ``train`` and ``test`` of 100 classes (800 + 200 files each); the dry run plans every job of rule all
 (no data or weights exist: everything is planned). Timed from the command's start to its end, Python's
 start and the imports included; the best of ``repeats`` runs (the folder was just written, so its
 entries are in the OS's directory cache, as a login node's repeated builds do). Target: < 10 s. Beside it, the same dry run without the
-custom task, and the fingerprint alone against a stat of every file (what it cost before).
+custom task, and the fingerprint alone against a stat of every file (what it cost before). What the
+DAG build costs and what was cut (torch imports, ~100,000 code inputs now one stamp per job, repeated
+config merges and schema parses) is in docs/cluster.md, "The DAG on the login node".
 
     python bench/dag.py [--files 100000] [--repeats 1]
 """
@@ -76,7 +78,7 @@ def per_file_stat_seconds(root: Path) -> float:
 
 
 def bench_dag(files: int = 100_000, repeats: int = 1) -> list[Row]:
-    from esta.vit.data.custom import fingerprint
+    from esta.vit.fingerprint import fingerprint
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -112,7 +114,7 @@ def bench_dag(files: int = 100_000, repeats: int = 1) -> list[Row]:
         row("dag_build_time_paper", min(walls["alone"]), "-", "s",
             f"the same without custom/big: {walls['alone_jobs']} jobs; user + system {walls['alone_cpu']:.1f} s"),
         row("custom_fingerprint_100k_files", fp, "-", "s",
-            f"esta.vit.data.custom.fingerprint, one stat per folder; a stat per file (before): {per_file:.2f} s"),
+            f"esta.vit.fingerprint.fingerprint, one stat per folder; a stat per file (before): {per_file:.2f} s"),
     ]
 
 

@@ -8,7 +8,8 @@ to (account and partition on the command line, ``--workflow-profile workflow/pro
 node has no GPU), cancels the training job with ``scancel`` once it has written a checkpoint, and checks
 SLURM's own job records (``scontrol show job``: the cluster keeps finished jobs for MinJobAge, 1 h, and
 the profile's ``squeue`` status mode needs no accounting database), the resumed training and the metrics
-against the session's local smoke run.
+against the session's local smoke run. A second run submits the smoke config's Stitched LLaMA training
+(``llm.nproc: 2``: torchrun inside one job of 2 CPUs) and compares it with the local run's.
 """
 
 from __future__ import annotations
@@ -266,6 +267,71 @@ def test_scancelled_training_resumes_from_its_checkpoint_with_the_local_metrics(
     ref = smoke / "esta" / "default" / TASK / "seed0" / "tuning"
     for name in ("importance.csv", "train_log.csv"):
         pd.testing.assert_frame_equal(pd.read_csv(work / RUN / name), pd.read_csv(ref / name), check_exact=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Stitched LLaMA's data-parallel training under SLURM: one job, torchrun inside its allocation
+
+LLM_TARGET = "results/llm/esta/default/seed0/model.safetensors"
+LLM_RUN = Path(LLM_TARGET).parent
+LLM_MEM_MB = 4000  # the profile's 128 GB is sized for LLaMA-7B; this node has less
+
+
+@pytest.fixture(scope="module")
+def slurm_llm_run(slurm_cluster, smoke, tmp_path_factory):
+    """The smoke config's llm_train_esta (llm.nproc 2) through the profile, its inputs copied from the
+    session's local smoke run (mtimes kept), so that the one job SLURM runs is the one compared."""
+    work = make_workdir(tmp_path_factory.mktemp("slurm_llm"))
+    shutil.copytree(smoke / "llm", work / "results" / "llm", copy_function=shutil.copy2,
+                    ignore=lambda d, names: [n for n in names if n in ("esta", "anchor_ft") and Path(d) == smoke / "llm"])
+    (work / "results" / "tables").mkdir(parents=True)
+    shutil.copy2(smoke / "tables" / "llm_stitches.csv", work / "results" / "tables")
+    # a command-line --set-resources, as a user of a small node gives it; the account and partition
+    # as in the run above
+    args = [LLM_TARGET, *USER_ARGS, "--workflow-profile", str(CPU_PROFILE), "--set-resources",
+            f"llm_train_esta:mem_mb={LLM_MEM_MB}", "--configfile", str(SMOKE)]
+    planned = planned_jobs(snakemake(work, "-n", *args).stdout)
+    assert planned == {"llm_train_esta": 1}, planned
+    out = snakemake(work, *args, timeout=900)
+    text = out.stdout + out.stderr
+    run_id = re.search(r"SLURM run ID: (\S+)", text).group(1)
+    return dict(work=work, text=text, records=job_records(run_id))
+
+
+@pytest.mark.slurm
+def test_llm_torchrun_job_gets_its_processes_cpus_from_slurm(slurm_llm_run, smoke):
+    """llm.nproc 2 x threads 1: one SLURM task of 2 CPUs (--cpus-per-task), in which the job's
+    torchrun --standalone started both ranks; read back from SLURM's record of the job."""
+    cfg = yaml.safe_load(SMOKE.read_text())
+    nproc = cfg["llm"]["nproc"]
+    assert nproc == 2
+    ((theirs, record),) = slurm_llm_run["records"].items()
+    assert [t for _, t in submissions(slurm_llm_run["text"])] == [theirs]
+    assert record["JobState"] == "COMPLETED" and record["Comment"].startswith("rule_llm_train_esta")
+    assert int(record["NumCPUs"]) == cfg["threads"] * nproc and int(record["NumTasks"]) == 1, record
+    assert record["MinMemoryNode"] == f"{LLM_MEM_MB}M"
+    info = yaml.safe_load((slurm_llm_run["work"] / LLM_RUN / "train.json").read_text())
+    assert info["nproc"] == nproc  # trained by 2 ranks, not one process on 2 CPUs
+    log = (slurm_llm_run["work"] / "results" / "logs" / "llm_train_esta" / "default" / "seed0.log").read_text()
+    assert f"{nproc} process(es)" in log
+
+
+@pytest.mark.slurm
+def test_llm_torchrun_under_slurm_equals_the_local_run(slurm_llm_run, smoke):
+    """The same 2-process job, run locally by the smoke run and under SLURM: the same stitch sequence,
+    losses and importance statistics, and the same trainable state (1e-6: gloo's all-reduce of two
+    ranks sums in a fixed order, so the runs are equal in practice)."""
+    from esta.tensors import load_tensors_file
+
+    work, local = slurm_llm_run["work"] / LLM_RUN, smoke / "llm" / "esta" / "default" / "seed0"
+    for name in ("train_log.csv", "importance.csv"):
+        ours, theirs = pd.read_csv(work / name), pd.read_csv(local / name)
+        timing = [c for c in ours.columns if c.endswith(("_s", "wall"))]
+        pd.testing.assert_frame_equal(ours.drop(columns=timing), theirs.drop(columns=timing), rtol=1e-6)
+    a, _ = load_tensors_file(work / "model.safetensors")
+    b, meta = load_tensors_file(local / "model.safetensors")
+    assert meta["nproc"] == 2 and set(a) == set(b) and a
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) <= 1e-6
 
 
 # ------------------------------------------------------------------------------------------------
