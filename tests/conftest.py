@@ -8,8 +8,12 @@ about copied, merged or exported biases cannot pass by accident.
 
 from __future__ import annotations
 
+import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -138,18 +142,80 @@ def pytest_addoption(parser):
     )
 
 
-@pytest.fixture(scope="session")
-def smoke(tmp_path_factory, request) -> Path:
-    """config/smoke.yaml run for real to rule all, once per test session."""
+SMOKE_TIMEOUT_S = 2400  # the smoke run alone takes ~9 min on the 2-core CI box; beside a second test worker, longer
+
+
+def _uses_smoke(item) -> bool:
+    return "smoke" in getattr(item, "fixturenames", ())
+
+
+def _shared_tmp(tmp_path_factory) -> Path:
+    """A folder every worker of this test run sees: pytest-xdist gives each worker its own basetemp
+    inside the run's (``.../popen-gw0``), a plain run has one."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _smoke_work(request, tmp_path_factory) -> Path:
     kept = request.config.getoption("--smoke-dir")
-    work = make_workdir(Path(kept).resolve() if kept else tmp_path_factory.mktemp("smoke"))
-    snakemake(work, "--cores", "2", "--configfile", str(ROOT / "config" / "smoke.yaml"))
+    return make_workdir(Path(kept).resolve() if kept else _shared_tmp(tmp_path_factory) / "smoke")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _smoke_started(request, tmp_path_factory):
+    """Start the smoke run in the background as soon as a session that needs it begins, so that it
+    runs beside the tests that do not need it instead of holding up the first one that does. One run
+    per test run: with pytest-xdist the worker that creates the run's ``smoke-started`` folder first
+    launches it and every worker waits for the run's ``smoke-returncode`` (written last, by a rename,
+    so a file that exists belongs to this run's finished smoke run)."""
+    if not any(_uses_smoke(item) for item in request.session.items):
+        yield None
+        return
+    work, shared = _smoke_work(request, tmp_path_factory), _shared_tmp(tmp_path_factory)
+    done = shared / "smoke-returncode"
+    proc = None
+    try:
+        (shared / "smoke-started").mkdir()
+    except FileExistsError:
+        pass  # another worker of this run launched it
+    else:
+        cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--directory", str(work),
+               "--cores", "2", "--configfile", str(ROOT / "config" / "smoke.yaml")]
+        script = (f"{shlex.join(cmd)} > .smoke.log 2>&1; "
+                  f"echo $? > {shlex.quote(str(done))}.tmp && mv {shlex.quote(str(done))}.tmp {shlex.quote(str(done))}")
+        proc = subprocess.Popen(["bash", "-c", script], cwd=work, start_new_session=True)
+    try:
+        yield work, done
+    finally:
+        if proc is not None and proc.poll() is None:
+            if os.environ.get("PYTEST_XDIST_WORKER"):
+                proc.wait()  # another worker may still need the run this one launched
+            else:  # nothing else needs it (a session stopped early): stop it the way Ctrl-C would
+                os.killpg(proc.pid, signal.SIGINT)
+                proc.wait()
+
+
+@pytest.fixture(scope="session")
+def smoke(_smoke_started) -> Path:
+    """config/smoke.yaml run for real to rule all, once per test run (started by ``_smoke_started``)."""
+    work, done = _smoke_started
+    deadline = time.monotonic() + SMOKE_TIMEOUT_S
+    while not done.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the smoke run did not finish in {SMOKE_TIMEOUT_S} s; its log: {work / '.smoke.log'}")
+        time.sleep(2)
+    code = int(done.read_text())
+    if code != 0:
+        log = (work / ".smoke.log").read_text()
+        raise AssertionError(f"the smoke run failed ({code}):\n{log[-6000:]}")
     return work / "results"
 
 
 def pytest_collection_modifyitems(items):
     """Every test that needs the smoke run (directly or through another fixture) runs the workflow
-    for real: mark it, so that `-m "not workflow"` leaves only the fast tests."""
+    for real: mark it, so that `-m "not workflow"` leaves only the fast tests. Those tests run last
+    (the order is otherwise kept), so the rest run while the smoke run is under way."""
     for item in items:
-        if "smoke" in getattr(item, "fixturenames", ()):
+        if _uses_smoke(item):
             item.add_marker(pytest.mark.workflow)
+    items.sort(key=_uses_smoke)
