@@ -344,6 +344,9 @@ def main() -> int:
             server.wait(120)
         except subprocess.TimeoutExpired:
             server.kill()
+        import shutil
+
+        shutil.rmtree(temp, ignore_errors=True)
     req = pd.concat(frames, ignore_index=True)
     summary = summarise(req, slo, duration)
     cores = os.cpu_count()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -166,6 +167,7 @@ class Server:
                 psutil.Process(pid).kill()
             except psutil.NoSuchProcess:
                 pass
+        shutil.rmtree(self.temp, ignore_errors=True)
         return alive
 
 
@@ -336,3 +338,15 @@ def test_shutdown_leaves_no_process_behind(which, request):
     left = server.stop()
     assert server.proc.returncode == 0, server.log.read_text()[-3000:]
     assert not left, f"processes left behind: {left}"
+
+
+def test_serve_refuses_a_bad_palette_in_one_line_before_ray_starts(tmp_path, capsys):
+    from esta.__main__ import main
+
+    t0 = time.monotonic()
+    assert main(["serve", str(tmp_path / "nowhere"), "--port", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "is not a palette" in err and len(err.splitlines()) == 1
+    assert main(["serve", str(tmp_path), "--replicas", "many"]) == 2
+    assert "invalid int value" in capsys.readouterr().err
+    assert time.monotonic() - t0 < 30  # no Ray instance was started for either
