@@ -304,7 +304,7 @@ def main() -> int:
     largest, smallest = int(dep.iloc[-1]["stitch_id"]), int(dep.iloc[0]["stitch_id"])
     port = free_port()
     temp = tempfile.mkdtemp(prefix="ray-b-", dir="/tmp")
-    log = args.out.with_name(args.out.name + "_server.log")
+    log = args.workdir / "server.log"  # beside the palette, not among the results
     cmd = [sys.executable, "-m", "esta", "serve", str(folder), "--port", str(port), "--slo-ms",
            str(slo), "--threads", str(args.threads), "--ray-temp-dir", temp, "--batch-wait-ms", "5"]
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"),
