@@ -365,8 +365,9 @@ def serve_forever(settings: ServeSettings, host: str = "127.0.0.1", port: int = 
     cpus = num_cpus if num_cpus is not None else max(1, settings.threads)
     gpus = 1 if settings.device.startswith("cuda") else 0
     try:
-        if address is None:  # one local instance, sized for the replicas asked for
-            ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(replicas * cpus)), include_dashboard=False,
+        if address is None:  # a new local instance of its own, sized for the replicas asked for ("local":
+            # without it ray.init joins a Ray already running on this machine, e.g. a second server's)
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(replicas * cpus)), include_dashboard=False,
                      object_store_memory=256 * 2**20, logging_level=logging.WARNING, _temp_dir=ray_temp_dir)
         else:
             ray.init(address=address, logging_level=logging.WARNING)

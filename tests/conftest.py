@@ -213,9 +213,13 @@ def smoke(_smoke_started) -> Path:
 
 def pytest_collection_modifyitems(items):
     """Every test that needs the smoke run (directly or through another fixture) runs the workflow
-    for real: mark it, so that `-m "not workflow"` leaves only the fast tests. Those tests run last
-    (the order is otherwise kept), so the rest run while the smoke run is under way."""
+    for real: mark it, so that `-m "not workflow"` leaves only the fast tests. The files that hold such
+    a test run last, each whole and in its own order (a module's tests may rely on it, e.g. a server
+    stopped by its last test), so the other files run while the smoke run is under way and neither
+    test worker sits waiting for it with files left to run."""
+    with_smoke = set()
     for item in items:
         if _uses_smoke(item):
             item.add_marker(pytest.mark.workflow)
-    items.sort(key=_uses_smoke)
+            with_smoke.add(item.nodeid.split("::")[0])
+    items.sort(key=lambda item: item.nodeid.split("::")[0] in with_smoke)

@@ -19,7 +19,6 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 __all__ = ["run_of", "accuracy_rows", "cost_rows", "DENSE_STEPS"]
 
@@ -63,6 +62,8 @@ def cost_rows(bench: pd.DataFrame, info_files, adapt_files, deployed_files, mani
     jobs' benchmark rows (``esta.runtime.read_benchmarks``); ``tuning``: method -> its
     ``esta.vit.tuning.TuningConfig``."""
     from esta.analysis import stored_params
+    import torch  # here, not at the top: accuracy_tables (accuracy_rows) is a light job without torch
+
     from esta.vit.seg import assemble_seg
 
     info, adapt = _json(info_files), _json(adapt_files)
