@@ -159,7 +159,7 @@ def _edit(src, dest, edit):
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m["colours"].pop(), "field colours: 4 entries for num_classes 5"),
     (lambda m: m["colours"][0].__setitem__(0, 300), "field colours/0/0"),
-    (lambda m: m["classes"].append("x"), "field classes: 6 entries"),
+    (lambda m: m["classes"].append("x"), "field classes: 6 names"),
     (lambda m: m.update(num_classes=300), "field num_classes"),
     (lambda m: m.update(metric="accuracy"), "field metric"),
     (lambda m: m["seg"].update(hidden="16; import os"), "field seg/hidden"),

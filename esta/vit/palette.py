@@ -53,12 +53,13 @@ def _family(rec: str | list[dict]) -> str | tuple[AnchorSpec, ...]:
     return rec if isinstance(rec, str) else tuple(AnchorSpec(**r) for r in rec)
 
 
-def check_meta(meta: dict, where: Path) -> None:
+def check_meta(meta: dict, where: Path, schema: Path = SCHEMA) -> None:
     """Refuse, naming the field, a ViT ``palette.json`` that could make the build load or download
-    anything beyond its checked files, or that does not describe a buildable model."""
+    anything beyond its checked files, or that does not describe a buildable model (``schema``: the
+    kind's keys; the segmentation palette passes its own)."""
     import timm
 
-    validate(meta, SCHEMA, where)
+    validate(meta, schema, where)
     rec = meta["family"]
     if isinstance(rec, list):
         for i, row in enumerate(rec):

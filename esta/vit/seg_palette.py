@@ -36,8 +36,8 @@ import torch
 
 from esta.palette import TENSORS, Palette, PaletteError, anchor_record, task_tensors, write_palette
 from esta.tensors import copy_into, load_tensors_file
-from esta.trust import validate
 from esta.vit.anchors import family
+from esta.vit import palette as vit_palette
 from esta.vit.palette import _family, _images, family_record
 from esta.vit.tuning import TunableViT, TuningConfig
 
@@ -74,25 +74,9 @@ def check_meta(meta: dict, where: Path) -> None:
     """Refuse, naming the field, a seg ``palette.json`` that could load or download anything beyond its
     checked files or that does not describe a buildable segmenter (``esta.vit.palette.check_meta``'s
     checks, then colours and classes against ``num_classes``)."""
-    import timm
-
-    validate(meta, SCHEMA, where)
-    rec = meta["family"]
-    if isinstance(rec, list):
-        for i, row in enumerate(rec):
-            if not timm.is_model(row["timm_name"]):
-                raise PaletteError(f"{where}: field family/{i}/timm_name: {row['timm_name']!r} is not a timm model")
-    try:
-        n = len(family(_family(rec)))
-        TuningConfig(**meta["tuning"])
-    except ValueError as err:
-        raise PaletteError(f"{where}: field {'family' if 'family' in str(err) else 'tuning'}: {err}") from err
-    if meta["method"] == "esta" and len(meta["anchors"]) != n:
-        raise PaletteError(f"{where}: field anchors: an ESTA palette of a {n}-anchor family must name {n} "
-                           f"pretrained anchors, it names {len(meta['anchors'])}")
-    for key in ("classes", "colours"):
-        if len(meta[key]) != meta["num_classes"]:
-            raise PaletteError(f"{where}: field {key}: {len(meta[key])} entries for num_classes {meta['num_classes']}")
+    vit_palette.check_meta(meta, where, SCHEMA)
+    if len(meta["colours"]) != meta["num_classes"]:
+        raise PaletteError(f"{where}: field colours: {len(meta['colours'])} entries for num_classes {meta['num_classes']}")
 
 
 def write(out: str | Path, model: TunableViT, table: pd.DataFrame, *, fam, method: str, tuning: TuningConfig,
