@@ -329,6 +329,7 @@ def test_generate_answers_as_the_palette_and_honours_max_params(llm_server, smok
     assert r.status_code == 400 and "max_new_tokens" in r.json()["error"]
 
 
+@pytest.mark.workflow  # its server fixture (named at run time) needs the smoke run
 @pytest.mark.parametrize("which", ["vit_server", "llm_server"])
 def test_shutdown_leaves_no_process_behind(which, request):
     """Runs last in the module (pytest keeps file order): stops the server and checks every process it
