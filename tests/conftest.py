@@ -71,6 +71,18 @@ def trained_like(mode: str, seed: int = 3):
     return model.train()
 
 
+def perturb_as_trained(model: torch.nn.Module, seed: int = 5) -> torch.nn.Module:
+    """``model`` in eval mode with every parameter that trains, and the stitching layers, perturbed as
+    after training, read from the model itself (not from what a palette collects), so a tensor a
+    palette skipped would show."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.named_parameters():
+            if t.requires_grad or name.startswith("net.stitch_layers."):
+                t.add_(0.05 * torch.randn(t.shape, generator=g))
+    return model.eval()
+
+
 def make_images(n: int, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, 3, IMG, IMG, generator=torch.Generator().manual_seed(seed))
 

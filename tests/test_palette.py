@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import IMG, NUM_CLASSES, ROOT, make_anchors, make_images, tiny_arch
+from conftest import IMG, NUM_CLASSES, ROOT, make_anchors, make_images, perturb_as_trained, tiny_arch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -49,12 +49,7 @@ def trained(method: str, files: list) -> torch.nn.Module:
     cfg = TuningConfig(rank=2) if method == "esta" else TuningConfig(mode="full")
     torch.manual_seed(0)
     model = assemble(SPECS, NUM_CLASSES, files, None, cfg)
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, t in model.named_parameters():
-            if t.requires_grad or name.startswith("net.stitch_layers."):
-                t.add_(0.05 * torch.randn(t.shape, generator=g))
-    return model.eval()
+    return perturb_as_trained(model)
 
 
 def table() -> pd.DataFrame:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT
+from conftest import ROOT, perturb_as_trained
 from PIL import Image
 
 from esta.__main__ import main
@@ -36,12 +36,7 @@ def trained(method: str, files):
     """A segmenter as after training: every parameter that trains and the stitching layers perturbed."""
     torch.manual_seed(0)
     model = assemble_seg("embedded", K, PX, HIDDEN, files, tuning_cfg=tuning_config(method, ESTA))
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, t in model.named_parameters():
-            if t.requires_grad or name.startswith("net.stitch_layers."):
-                t.add_(0.05 * torch.randn(t.shape, generator=g))
-    return model.eval()
+    return perturb_as_trained(model)
 
 
 def table() -> pd.DataFrame:
