@@ -1,6 +1,8 @@
-"""The dense rules (rules/dense.smk, spec §14): config/dense.yaml plans over a tiny ADE20K-layout fixture and
-random-init ViT-Ti/S/B files, and runs end to end at small size; the smoke run's dense tables hold what
-the figures need. The real runs are marked `workflow` (minutes)."""
+"""Dense prediction in the workflow (spec §14): a dense task is task dense/<name> of the classification rules
+(register_data, ls_init, snnet_adapt, train_esta, snnet_stitch, evaluate_stitches, select_esta,
+snnet_deploy, palette), with only its tables and figures in rules/dense.smk. config/dense.yaml plans over a
+tiny ADE20K-layout fixture and random-init ViT-Ti/S/B files, and runs end to end at small size; the smoke
+run's dense tables hold what the figures need. The real runs are marked `workflow` (minutes)."""
 
 from __future__ import annotations
 
@@ -48,11 +50,14 @@ def test_dense_config_plans_ade20k_with_three_seeds(tmp_path):
     work = make_workdir(tmp_path / "work")
     out = snakemake(work, "-n", *DENSE, "--config", f"data_root={tmp_path / 'data'}", "--",
                     "results/figures/pareto_dense.pdf").stdout
-    counts = dict(re.findall(r"^(dense_\w+)\s+(\d+)$", out, re.M))
-    # 3 seeds: each anchor adapted alone per seed, LS init / training / evaluation per method and seed
-    assert counts == {"dense_register": "1", "dense_adapt": "9", "dense_ls_init": "6", "dense_train": "6",
-                      "dense_evaluate": "6", "dense_tables": "1", "dense_plot": "1"}
+    counts = {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", out, re.M)}
+    # 3 seeds: each anchor adapted alone per seed, LS init / training / evaluation of both splits per
+    # method and seed, one deployment per run: the classification rules on task dense/ade20k
+    assert {k: v for k, v in counts.items() if k not in ("register_weights", "total")} == {
+        "register_data": 1, "snnet_adapt": 9, "ls_init": 6, "train_esta": 3, "snnet_stitch": 3,
+        "evaluate_stitches": 12, "select_esta": 3, "snnet_deploy": 3, "dense_tables": 1, "dense_plot": 1}
     assert "register_weights" in out and "dense_render" not in out
+    assert "task=dense/ade20k" in out and "results/tables/pareto_all" not in out
 
 
 def test_unknown_dense_task_fails_before_any_job(tmp_path):
@@ -73,10 +78,14 @@ def test_dense_config_runs_at_small_size_on_the_real_layout(tmp_path):
     snakemake(work, "--cores", "2", *DENSE, str(tmp_path / "small.yaml"), "--", "results/tables/dense_summary.csv",
               timeout=1500)
     res = work / "results"
-    manifest = json.loads((res / "dense" / "data" / "ade20k" / "manifest.json").read_text())
+    manifest = json.loads((res / "data" / "dense" / "ade20k" / "manifest.json").read_text())
     assert manifest["num_classes"] == 150 and manifest["splits"] == {"training": 8, "validation": 4}
-    stitches = pd.read_csv(res / "dense" / "esta" / "ade20k" / "seed0" / "stitches.csv")
+    assert manifest["task"] == "dense/ade20k"
+    run = res / "esta" / "default" / "dense" / "ade20k" / "seed0" / "tuning"
+    stitches = pd.read_csv(run / "stitch_accuracy_test.csv")
     assert len(stitches) == 71 and {"iou_c000", "iou_c149", "test_miou"} <= set(stitches.columns)
+    scores = pd.read_csv(run / "scores.csv")  # every stitch with both splits' mIoU and its loss_batch score
+    assert scores["test_miou"].tolist() == stitches["test_miou"].tolist() and scores["score"].notna().all()
     summary = pd.read_csv(res / "tables" / "dense_summary.csv")
     assert {"esta", "snnet", "anchor0 alone", "anchor2 alone"} <= set(summary["method"])
 
@@ -90,7 +99,8 @@ def test_smoke_dense_tables(smoke):
     summary = pd.read_csv(smoke / "tables" / "dense_summary.csv").set_index("method")
     # PST trains a fraction of what full fine-tuning trains; SN-Net's cost includes its adapt stage
     assert summary.loc["esta", "trainable_params"] < 0.5 * summary.loc["snnet", "trainable_params"]
-    assert summary.loc["snnet", "steps"] > pd.read_csv(smoke / "dense" / "snnet" / "shapes" / "seed0" / "train_log.csv").shape[0]
+    history = smoke / "snnet" / "default" / "dense" / "shapes" / "seed0" / "tuning" / "train_log.csv"
+    assert summary.loc["snnet", "steps"] > pd.read_csv(history).shape[0]
     for fig in ("pareto_dense", "all_stitches_dense_shapes"):
         assert (smoke / "figures" / f"{fig}.png").stat().st_size > 10_000
 
@@ -109,15 +119,15 @@ def test_exported_deployed_stitch_reproduces_the_logged_miou(smoke, tmp_path):
 
     cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
     d = cfg["dense"]
-    m = read_manifest(smoke / "dense" / "data" / "shapes" / "manifest.json")
+    m = read_manifest(smoke / "data" / "dense" / "shapes" / "manifest.json")
     x, y = open_dense(m, "test", d, cfg["family"]).tensors
     for method in ("esta", "snnet"):
-        run = smoke / "dense" / method / "shapes" / "seed0"
+        run = smoke / method / "default" / "dense" / "shapes" / "seed0" / "tuning"
         anchors = ([smoke / "anchors" / "embedded" / f"anchor{i}.safetensors" for i in range(3)] if method == "esta"
-                   else [run.parent / "seed0" / "adapt" / f"anchor{i}.safetensors" for i in range(3)])
+                   else [run / "adapt" / f"anchor{i}.safetensors" for i in range(3)])
         model = assemble_seg(cfg["family"], m["num_classes"], d["img_size"], d["head_hidden"], anchors,
                              run / "stitch_init.safetensors", tuning_config(method, cfg["esta"]),
-                             state_file=run / "model.safetensors", task="shapes")
+                             state_file=run / "model.safetensors", task="dense/shapes")
         deployed = pd.read_csv(run / "deployed.csv")
         sid = int(deployed.loc[deployed["front"] != deployed["end"], "stitch_id"].iloc[-1])  # a stitched pick
         arch = [dict(name=s.name, timm_name=s.timm_name, kwargs=s.kwargs) for s in family(f"embedded@{d['img_size']}")]
@@ -136,7 +146,7 @@ def test_smoke_dense_rows_of_the_cost_and_accuracy_tables(smoke):
     dense = cost[cost["metric"] == "miou"].set_index(["method", "step"])
     assert set(dense.index) == {("esta", "train"), ("esta", "deploy"), ("esta", "total"), ("snnet", "adapt"),
                                 ("snnet", "stitch"), ("snnet", "deploy"), ("snnet", "total")}
-    run = smoke / "dense" / "{}" / "shapes" / "seed0"
+    run = smoke / "{}" / "default" / "dense" / "shapes" / "seed0" / "tuning"
     info = {m: json.loads((Path(str(run).format(m)) / "train.json").read_text()) for m in ("esta", "snnet")}
     assert dense.loc[("esta", "train"), "steps"] == info["esta"]["steps"]
     assert dense.loc[("snnet", "stitch"), "trainable_params"] == info["snnet"]["trainable_params"]

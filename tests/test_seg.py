@@ -188,3 +188,32 @@ def test_one_training_loop_fits_a_segmentation_task():
     after = evaluate_seg(m, data)[0]
     assert result.history[-1]["loss"] < 0.6 * result.history[0]["loss"]
     assert after["miou"] > before["miou"] + 0.3 and after["pixel_acc"] > 0.8
+
+
+def test_dense_task_ids_dispatch_to_seg_and_nothing_else():
+    from esta.vit.tasks import dense_name, task_kind
+
+    assert task_kind("dense/shapes") == "seg" and dense_name("dense/ade20k") == "ade20k"
+    assert {task_kind(t) for t in ("embedded/digits", "vtab/dtd", "cifar100", "custom/dense")} == {"cls"}
+    with pytest.raises(ValueError, match="vtab/dtd"):
+        dense_name("vtab/dtd")
+
+
+def test_split_tables_rebuild_the_every_stitch_table():
+    """evaluate_stitches writes one table per split; the deployment, the tables and the palette read both
+    back as one row per stitch: costs, selection mIoU, test mIoU and pixel accuracy, test IoU per class."""
+    import pandas as pd
+
+    from esta.vit.seg_results import split_table, stitch_table
+
+    costs = pd.DataFrame(dict(stitch_id=[0, 1], gmacs=[1.0, 2.0], macs_nohead=[0.9, 1.9]))
+    sel = {0: dict(miou=0.1, pixel_acc=0.5, iou=[0.1, 0.2]), 1: dict(miou=0.3, pixel_acc=0.6, iou=[0.3, 0.4])}
+    test = {0: dict(miou=0.2, pixel_acc=0.7, iou=[0.5, 0.6]), 1: dict(miou=0.4, pixel_acc=0.8, iou=[0.7, 0.8])}
+    s, t = split_table(costs, sel, "selection", ["a", "b"]), split_table(costs, test, "test", ["a", "b"])
+    assert "iou_a" not in s and t["iou_b"].tolist() == [0.6, 0.8]
+    table = stitch_table(s, t)
+    assert list(table.columns) == ["stitch_id", "gmacs", "macs_nohead", "selection_miou", "test_miou",
+                                   "test_pixel_acc", "iou_a", "iou_b"]
+    assert table["selection_miou"].tolist() == [0.1, 0.3] and table["test_miou"].tolist() == [0.2, 0.4]
+    with pytest.raises(ValueError, match="different stitches"):
+        stitch_table(s.iloc[::-1], t)

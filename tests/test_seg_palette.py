@@ -190,15 +190,15 @@ def test_smoke_seg_palette_equals_its_exports_and_reproduces_the_run_miou(smoke,
 
     cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
     d = cfg["dense"]
-    run = smoke / "dense" / method / "shapes" / "seed0"
-    palette = load(run / "palette")
+    run = smoke / method / "default" / "dense" / "shapes" / "seed0" / "tuning"
+    palette = load(run.parent.parent / "palette" / "seed0")
     table = palette.table
     deployed = table.loc[table["deployed"], "stitch_id"].tolist()
     assert set(deployed) == set(pd.read_csv(run / "deployed.csv")["stitch_id"])
     assert table.loc[table["deployed"], "latency_ms_b1"].gt(0).all()  # palette_latency measured them
-    m = read_manifest(smoke / "dense" / "data" / "shapes" / "manifest.json")
+    m = read_manifest(smoke / "data" / "dense" / "shapes" / "manifest.json")
     x, y = open_dense(m, "test", d, cfg["family"]).tensors
-    logged = pd.read_csv(run / "stitches.csv").set_index("stitch_id")
+    logged = pd.read_csv(run / "stitch_accuracy_test.csv").set_index("stitch_id")
     for sid in deployed:
         standalone = load_stitch(palette.export(sid, tmp_path))
         with torch.no_grad():
@@ -210,7 +210,7 @@ def test_smoke_seg_palette_equals_its_exports_and_reproduces_the_run_miou(smoke,
         assert table.set_index("stitch_id").loc[sid, "test_accuracy"] == pytest.approx(logged.loc[sid, "test_miou"])
     # predict on the test images' files: masks at their size whose mIoU is the run's, for the best stitch
     sid = palette.select().stitch_id
-    files = sorted((smoke / "dense" / "render" / "shapes" / "images" / "validation").glob("*.jpg"))
+    files = sorted((smoke / "data" / "dense" / "shapes" / "scenes" / "images" / "validation").glob("*.jpg"))
     rows = palette.predict(files, out_dir=tmp_path / "masks")
     pred = torch.stack([torch.from_numpy(np.asarray(Image.open(p)).astype(np.int64)) for p in rows["mask"]])
     one_hot = F.one_hot(pred, m["num_classes"]).permute(0, 3, 1, 2).float()  # confusion takes logits

@@ -97,9 +97,9 @@ def write(out: str | Path, model: TunableViT, table: pd.DataFrame, *, fam, metho
 
 
 def write_run(out: str | Path, inp, p, w) -> Path:
-    """The workflow's ``dense_palette`` job (rule inputs ``inp``, params ``p``, wildcards ``w``): the
-    trained segmenter rebuilt as the run left it, the stitch table (the run's costs at the segmentation
-    size, head included; selection and test mIoU of every stitch as measured by ``dense_evaluate``; the
+    """The workflow's ``palette`` job on a dense task (rule inputs ``inp``, params ``p``, wildcards ``w``):
+    the trained segmenter rebuilt as the run left it, the stitch table (the run's costs at the segmentation
+    size, head included; selection and test mIoU of every stitch as measured by ``evaluate_stitches``; the
     deployed stitches with their score and interval), colours, transform and anchors by sha256."""
     from esta import runtime
     from esta.palette import stitch_table
@@ -108,14 +108,15 @@ def write_run(out: str | Path, inp, p, w) -> Path:
     from esta.vit.build import read_manifest, tuning_config
     from esta.vit.data.transforms import describe_transform
     from esta.vit.seg import assemble_seg
+    from esta.vit.seg_results import stitch_table as run_table
 
     d = p.dense
     manifest = read_manifest(inp.data)
     fam = family_at(p.family, d["img_size"])
-    cfg = tuning_config(w.method, p.esta)
+    cfg = tuning_config(w.method, p.method["esta"])
     model = assemble_seg(fam, manifest["num_classes"], d["img_size"], d["head_hidden"], list(inp.anchors),
                          inp.stitch, cfg, state_file=inp.model, task=manifest["task"])
-    run = pd.read_csv(inp.stitches)  # dense_evaluate's: every stitch's costs, selection and test mIoU
+    run = run_table(pd.read_csv(inp.selection), pd.read_csv(inp.test))  # every stitch's costs and mIoUs
     test = run.rename(columns={"test_miou": "test_accuracy"})
     selection = run.rename(columns={"selection_miou": "selection_accuracy"})
     table = stitch_table(run, pd.read_csv(inp.deployed), None, test, selection)
@@ -123,7 +124,7 @@ def write_run(out: str | Path, inp, p, w) -> Path:
     described = describe_transform(d["normalize"], p.family)
     transform = dict(kind="seg", img_size=d["img_size"], normalize=described["normalize"], mean=described["mean"],
                      std=described["std"])
-    settings = dict(variant="default", task=w.dtask, seed=int(w.seed), training=read_meta(inp.model),
+    settings = dict(variant=w.variant, task=w.task, seed=int(w.seed), training=read_meta(inp.model),
                     provenance=runtime.provenance())
     return write(out, model, table, fam=fam, method=w.method, tuning=cfg, manifest=manifest, transform=transform,
                  hidden=d["head_hidden"], anchor_files=list(inp.anchors) if w.method == "esta" else [],

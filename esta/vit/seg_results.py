@@ -16,7 +16,7 @@ import torch
 from esta.pareto import deploy_by_score
 from esta.scores import gate_visits
 
-__all__ = ["fixed_seg_batch", "stitch_table", "deploy", "pareto_dense", "summary"]
+__all__ = ["fixed_seg_batch", "split_table", "stitch_table", "deploy", "pareto_dense", "summary"]
 
 
 def fixed_seg_batch(dataset, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,17 +27,27 @@ def fixed_seg_batch(dataset, n: int, seed: int) -> tuple[torch.Tensor, torch.Ten
     return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
 
 
-def stitch_table(costs: pd.DataFrame, selection: dict[int, dict], test: dict[int, dict],
-                 class_names: list[str]) -> pd.DataFrame:
-    """One row per stitch: its costs, selection mIoU, test mIoU and pixel accuracy, test IoU per class."""
+def split_table(costs: pd.DataFrame, scores: dict[int, dict], split: str, class_names: list[str]) -> pd.DataFrame:
+    """One row per stitch of one split's evaluation (``evaluate_stitches``): its costs, ``<split>_miou``
+    and ``<split>_pixel_acc``; the test split's adds its IoU per class (``iou_<class>``)."""
     rows = []
     for s in costs.itertuples(index=False):
-        t = test[s.stitch_id]
-        row = dict(s._asdict(), selection_miou=selection[s.stitch_id]["miou"], test_miou=t["miou"],
-                   test_pixel_acc=t["pixel_acc"])
-        row.update({f"iou_{c}": v for c, v in zip(class_names, t["iou"])})
+        t = scores[s.stitch_id]
+        row = dict(s._asdict(), **{f"{split}_miou": t["miou"], f"{split}_pixel_acc": t["pixel_acc"]})
+        if split == "test":
+            row.update({f"iou_{c}": v for c, v in zip(class_names, t["iou"])})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def stitch_table(selection: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
+    """Every stitch of a run from its two :func:`split_table` s: costs, selection mIoU, test mIoU and
+    pixel accuracy, test IoU per class."""
+    if selection["stitch_id"].tolist() != test["stitch_id"].tolist():
+        raise ValueError("the selection and test tables list different stitches")
+    costs = [c for c in test.columns if c not in ("test_miou", "test_pixel_acc") and not c.startswith("iou_")]
+    out = test[costs].assign(selection_miou=selection["selection_miou"].to_numpy())
+    return pd.concat([out, test[[c for c in test.columns if c not in costs]]], axis=1)
 
 
 def deploy(table: pd.DataFrame, score_name: str, score, intervals: int, stats: pd.DataFrame | None = None,

@@ -5,17 +5,18 @@
 - :func:`accuracy_rows`: the deployed stitches of every dense run (test mIoU) and each anchor fine-tuned
   alone with its SETR head (SN-Net's adapt step, the ``anchor_ft`` reference), in the shape
   ``esta.pareto.accuracy_by_task`` reads (task ``dense/<name>``, group ``dense``).
-- :func:`cost_rows`: ESTA ``train`` (dense_ls_init + dense_train) and ``deploy``, SN-Net ``adapt``
-  (dense_adapt), ``stitch`` (dense_ls_init + dense_train) and ``deploy``, from the dense rules' benchmark
-  files, train.json / adapt JSONs and deployed stitches. ``deploy`` is dense_evaluate for both methods,
-  which also scores every stitch on both splits for the tables, so it overstates what deploying ESTA by a
-  training-time score needs. Parameters are counted on the segmenter (SETR heads included) on the meta
-  device, stored parameters by ``esta.analysis.stored_params`` as for classification.
+- :func:`cost_rows`: ESTA ``train`` (ls_init + train_esta) and ``deploy``, SN-Net ``adapt``
+  (snnet_adapt), ``stitch`` (ls_init + snnet_stitch) and ``deploy``, from the dense runs' benchmark
+  files, train.json / adapt JSONs and deployed stitches. ``deploy`` is evaluate_stitches on both splits
+  plus select_esta / snnet_deploy for both methods: ESTA's includes scoring every stitch on both splits
+  for the tables, so it overstates what deploying ESTA by a training-time score needs. Parameters are
+  counted on the segmenter (SETR heads included) on the meta device, stored parameters by ``esta.analysis.stored_params`` as for classification.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -24,18 +25,22 @@ __all__ = ["run_of", "accuracy_rows", "cost_rows", "DENSE_STEPS"]
 
 # (method, step) -> the dense rules whose benchmark files it sums, with the job-name prefix
 DENSE_STEPS = {
-    ("esta", "train"): [("dense_ls_init", "esta/"), ("dense_train", "esta/")],
-    ("esta", "deploy"): [("dense_evaluate", "esta/")],
-    ("snnet", "adapt"): [("dense_adapt", "")],
-    ("snnet", "stitch"): [("dense_ls_init", "snnet/"), ("dense_train", "snnet/")],
-    ("snnet", "deploy"): [("dense_evaluate", "snnet/")],
+    ("esta", "train"): [("ls_init", "esta/"), ("train_esta", "")],
+    ("esta", "deploy"): [("evaluate_stitches", "esta/"), ("select_esta", "")],
+    ("snnet", "adapt"): [("snnet_adapt", "")],
+    ("snnet", "stitch"): [("ls_init", "snnet/"), ("snnet_stitch", "")],
+    ("snnet", "deploy"): [("evaluate_stitches", "snnet/"), ("snnet_deploy", "")],
 }
 
 
 def run_of(path: str | Path) -> dict:
-    """method, task and seed of a file of ``results/dense/<method>/<task>/seed<seed>/<file>``."""
+    """method, task (``dense/<name>``) and seed of a file of a dense run,
+    ``results/<method>/<variant>/dense/<name>/seed<seed>/...``."""
     parts = Path(path).parts
-    return dict(method=parts[-4], task=parts[-3], seed=int(parts[-2].removeprefix("seed")))
+    for j in range(len(parts) - 3, 1, -1):
+        if parts[j] == "dense" and re.fullmatch(r"seed\d+", parts[j + 2]):
+            return dict(method=parts[j - 2], task=f"dense/{parts[j + 1]}", seed=int(parts[j + 2].removeprefix("seed")))
+    raise ValueError(f"{path} is not a file of a dense run (<method>/<variant>/dense/<name>/seed<seed>/...)")
 
 
 def _json(files) -> list[dict]:
@@ -49,10 +54,10 @@ def accuracy_rows(deployed_files, adapt_files) -> pd.DataFrame:
     rows = []
     for f in deployed_files:
         r, d = run_of(f), pd.read_csv(f)
-        rows.append(pd.DataFrame(dict(method=r["method"], task=f"dense/{r['task']}", group="dense", seed=r["seed"],
+        rows.append(pd.DataFrame(dict(method=r["method"], task=r["task"], group="dense", seed=r["seed"],
                                       stitch_id=d["stitch_id"], test_accuracy=d["test_miou"])))
-    alone = [dict(method="anchor_ft", task=f"dense/{a['task']}", group="dense", seed=a["seed"], stitch_id=a["anchor"],
-                  test_accuracy=a["test_miou"]) for a in _json(adapt_files)]
+    alone = [dict(method="anchor_ft", task=run_of(f)["task"], group="dense", seed=a["seed"], stitch_id=a["anchor"],
+                  test_accuracy=a["test_miou"]) for f, a in zip(adapt_files, _json(adapt_files))]
     return pd.concat([*rows, pd.DataFrame(alone)], ignore_index=True)
 
 

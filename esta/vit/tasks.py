@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 __all__ = ["GROUPS", "TaskInfo", "TASKS", "task_info", "task_path", "is_relative_inside", "CUSTOM_PREFIX", "is_custom",
-           "custom_name", "check_custom_tasks", "task_group", "DEFAULT_GROUP", "DENSE_TASKS", "dense_task"]
+           "custom_name", "check_custom_tasks", "task_group", "DEFAULT_GROUP", "DENSE_TASKS", "dense_task",
+           "DENSE_PREFIX", "task_kind", "dense_name"]
 
 
 def is_relative_inside(path: str) -> bool:
@@ -164,3 +165,19 @@ def dense_task(name: str) -> dict:
     if name not in DENSE_TASKS:
         raise ValueError(f"unknown dense task {name!r} (config dense.tasks); known: {sorted(DENSE_TASKS)}")
     return DENSE_TASKS[name]
+
+
+DENSE_PREFIX = "dense/"  # a dense task's id in the workflow: dense/<name> (config dense.tasks lists the names)
+
+
+def task_kind(task_id: str) -> str:
+    """``seg`` for a dense task (``dense/<name>``, spec §14), ``cls`` for every other: what a workflow
+    script dispatches on, one rule serving both kinds."""
+    return "seg" if task_id.startswith(DENSE_PREFIX) else "cls"
+
+
+def dense_name(task_id: str) -> str:
+    """The dense task's name in :data:`DENSE_TASKS` of its id ``dense/<name>``; another id is refused."""
+    if task_kind(task_id) != "seg":
+        raise ValueError(f"{task_id!r} is not a dense task id ({DENSE_PREFIX}<name>)")
+    return task_id.removeprefix(DENSE_PREFIX)

@@ -109,6 +109,18 @@ rule stitch_table:
         "../scripts/stitch_table.py"
 
 
+LS_INIT_CODE = code(
+    "vit/anchors",
+    "vit/stitch",
+    "vit/build",
+    "vit/data",
+    "vit/tasks",
+    "vit/tuning",
+    "vit/adapters",
+    "vit/stages",
+)
+
+
 rule ls_init:
     """Least-squares init of the stitching layers (spec §4) on the anchors the method stitches:
     pretrained (ESTA), adapted fully (SN-Net), or adapted alone by PST (three-stage ESTA).
@@ -117,16 +129,7 @@ rule ls_init:
         anchors=ls_init_anchors,
         adapted=adapted_anchor_states,
         data=f"{R}/data/{{task}}/manifest.json",
-        code=code(
-            "vit/anchors",
-            "vit/stitch",
-            "vit/build",
-            "vit/data",
-            "vit/tasks",
-            "vit/tuning",
-            "vit/adapters",
-            "vit/stages",
-        ),
+        code=per_kind(LS_INIT_CODE, DENSE_CODE),
     output:
         f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/stitch_init.safetensors",
     log:
@@ -146,6 +149,7 @@ rule ls_init:
         img_size=config["data"]["img_size"],
         normalize=config["data"]["normalize"],
         fgvc_interpolation=config["data"]["fgvc_interpolation"],
+        dense=dense_slice,
     script:
         "../scripts/ls_init.py"
 

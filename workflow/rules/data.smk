@@ -30,13 +30,40 @@ rule prepare_data:
         "../scripts/prepare_data.py"
 
 
+REGISTER_CODE = code("vit/data", "vit/tasks", "vit/build")
+
+
+def dense_render_folder(w):
+    """The rendered folder of the embedded dense task; none for one under data_root."""
+    return [] if dense_task(w.task[len("dense/"):])["folder"] else f"{R}/data/{w.task}/scenes"
+
+
+rule dense_render:
+    """The embedded dense task, rendered in ADE20K's layout (esta.vit.seg_data.write_dense_task)."""
+    output:
+        directory(f"{R}/data/{{task}}/scenes"),
+    log:
+        f"{R}/logs/dense_render/{{task}}.log",
+    wildcard_constraints:
+        task="dense/[a-z0-9_]+",
+    conda:
+        "../envs/esta.yaml"
+    params:
+        render=DENSE["render"],
+    script:
+        "../scripts/dense_render.py"
+
+
 rule register_data:
-    """Check an external task whole and describe it in a manifest: a folder under data_root, or a
-    data set of your own (custom/<name>, config datasets; spec §13). No file input: the paths are
-    params, so the DAG plans without the data; changed files rerun it.
+    """Check an external task whole and describe it in a manifest: a folder under data_root, a data
+    set of your own (custom/<name>, config datasets; spec §13), or a dense task (dense/<name>, spec §14).
+    No file input but a rendered dense task: the paths are params, so the DAG plans without the data;
+    changed files rerun it.
     """
     input:
-        code=code("vit/data", "vit/tasks", "vit/build"),
+        # a dense task (dense/<name>, ADE20K layout, esta.vit.seg_jobs.register): the embedded one rendered first
+        folder=per_kind([], dense_render_folder),
+        code=per_kind(REGISTER_CODE, code("vit/seg_jobs", "vit/seg_data")),
     output:
         f"{R}/data/{{task}}/manifest.json",
     log:
@@ -44,7 +71,7 @@ rule register_data:
     benchmark:
         f"{R}/benchmarks/register_data/{{task}}.tsv"
     wildcard_constraints:
-        task="(?:vtab|fgvc|custom)/[A-Za-z0-9_]+|cifar100",
+        task=f"(?:{SUITES.removeprefix('embedded|')})/[A-Za-z0-9_]+|cifar100",
     conda:
         "../envs/esta.yaml"
     params:

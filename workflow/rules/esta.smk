@@ -55,8 +55,8 @@ rule train_esta:
         stitch=esta_stitch_init(),
         adapted=adapted_anchor_states,
         data=f"{R}/data/{{task}}/manifest.json",
-        stitches=f"{R}/tables/stitches.csv",
-        code=TRAIN_CODE,
+        stitches=per_kind(f"{R}/tables/stitches.csv", []),
+        code=per_kind(TRAIN_CODE, DENSE_CODE),
     output:
         model=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/model.safetensors",
         history=f"{R}/esta/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/train_log.csv",
@@ -74,7 +74,9 @@ rule train_esta:
         torch_threads=config["threads"],
         family=FAMILY,
         method=lambda w: method_config(w.variant)["esta"],
-        train=lambda w: method_config(w.variant)["esta"]["train"],
+        train=per_kind(
+            lambda w: method_config(w.variant)["esta"]["train"], DENSE["esta"]["train"]
+        ),
         sampler=lambda w: method_config(w.variant)["esta"]["sampler"],
         intervals=lambda w: method_config(w.variant)["deploy"]["intervals"],
         loss_window=lambda w: method_config(w.variant)["deploy"]["loss"],
@@ -85,6 +87,7 @@ rule train_esta:
         device=config["device"],
         checkpoint_every_s=config["checkpoint_every_s"],
         ckpt_dir=lambda w: f"{R}/.checkpoints/esta/{w.variant}/{w.task}/seed{w.seed}/{w.mode}",
+        dense=dense_slice,
     script:
         "../scripts/train.py"
 
@@ -108,7 +111,7 @@ rule select_esta:
     params:
         torch_threads=config["threads"],
         family=FAMILY,
-        deploy=lambda w: method_config(w.variant)["deploy"],
+        deploy=per_kind(lambda w: method_config(w.variant)["deploy"], DENSE["deploy"]),
         score=selection_score,
         refresh=selection_refresh,
         method=lambda w: method_config(w.variant)["esta"],
@@ -117,6 +120,7 @@ rule select_esta:
         fgvc_interpolation=config["data"]["fgvc_interpolation"],
         eval_batch_size=config["eval"]["batch_size"],
         device=config["device"],
+        dense=dense_slice,
     script:
         "../scripts/select_esta.py"
 

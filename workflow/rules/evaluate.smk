@@ -1,10 +1,14 @@
+EVALUATE_CODE = code("vit/evaluate", "vit/build", "vit/data", "vit/tasks")
+
+
 rule evaluate_stitches:
     """Accuracy of every stitch of a tuning-mode model on the selection or the test split (SN-Net's
-    `deploy` step; for ESTA only the selection ablation and the importance analysis)."""
+    `deploy` step; for ESTA only the selection ablation and the importance analysis); on a dense task
+    mIoU and pixel accuracy (esta.vit.seg_jobs.evaluate_split), which the tables and palettes read."""
     input:
         unpack(trained_model("tuning")),
         data=f"{R}/data/{{task}}/manifest.json",
-        code=code("vit/evaluate", "vit/build", "vit/data", "vit/tasks"),
+        code=per_kind(EVALUATE_CODE, DENSE_CODE),
     output:
         f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/tuning/stitch_accuracy_{{split}}.csv",
     log:
@@ -26,6 +30,7 @@ rule evaluate_stitches:
         normalize=config["data"]["normalize"],
         fgvc_interpolation=config["data"]["fgvc_interpolation"],
         device=config["device"],
+        dense=dense_slice,
     script:
         "../scripts/evaluate_stitches.py"
 

@@ -90,9 +90,16 @@ def data_fingerprint(w):
     if is_custom(w.task):
         entry = dataset_entry(w.task)
         return fingerprint(entry["path"], stat_files=entry["source"] == "hf")
+    folder = (
+        dense_task(w.task[len("dense/") :])["folder"]
+        if task_kind(w.task) == "seg"
+        else task_info(w.task).folder
+    )
+    if folder is None:  # the rendered dense task: its folder is an input
+        return "rendered"
     if config["data_root"] is None:
         return "data_root unset"
-    return stat_files(os.path.join(config["data_root"], task_info(w.task).folder))
+    return stat_files(os.path.join(config["data_root"], folder))
 
 
 def weights_file(w):
@@ -179,10 +186,11 @@ def trained_model(mode):
     """Input function: anchors, stitching layers and trained state of the `mode` model."""
 
     def inputs(w):
-        d = f"{run_dir(w)}/{mode}"
+        m = "tuning" if task_kind(w.task) == "seg" else mode  # a dense run has no final mode
+        d = f"{run_dir(w)}/{m}"
         if w.method == "esta":
             anchors = anchor_files(w)
-            stitch = esta_stitch_init(mode)(w)
+            stitch = esta_stitch_init(m)(w)
         else:
             anchors = expand(f"{d}/adapt/anchor{{i}}.safetensors", i=ANCHORS)
             stitch = f"{d}/stitch_init.safetensors"
@@ -248,8 +256,10 @@ SELECTIONS = ["importance", "refreshed", "loss", "loss_batch", "evaluate"]
 
 def selection_score(w):
     """The score a select_esta job deploys by: the wildcard `how` of select_esta_by, else the
-    variant's `deploy.score`."""
+    variant's `deploy.score` (a dense task's: `dense.deploy.score`)."""
     how = w.get("how")
+    if how is None and task_kind(w.task) == "seg":
+        return config["dense"]["deploy"]["score"]
     if how is None:
         return method_config(w.variant)["deploy"]["score"]
     return "importance" if how == "refreshed" else how
@@ -257,6 +267,8 @@ def selection_score(w):
 
 def selection_refresh(w):
     how = w.get("how")
+    if how is None and task_kind(w.task) == "seg":
+        return False
     if how is None:
         deploy = method_config(w.variant)["deploy"]
         return deploy["score"] == "importance" and deploy["importance_refresh"]
@@ -269,6 +281,8 @@ def select_inputs(w):
     accuracy of every stitch for `evaluate`."""
     run = f"{R}/esta/{w.variant}/{w.task}/seed{w.seed}/tuning"
     score = selection_score(w)
+    if task_kind(w.task) == "seg":
+        return dense_deploy_inputs(w, "esta", score)
     files = dict(
         stats=f"{run}/importance.csv",
         stitches=f"{R}/tables/stitches.csv",
@@ -293,6 +307,58 @@ def select_inputs(w):
     if score == "evaluate":
         files["selection"] = f"{run}/stitch_accuracy_selection.csv"
     return files
+
+
+def dense_deploy_inputs(w, method, score):
+    """What a dense run's deployment reads (esta.vit.seg_jobs.deploy_run): every stitch's selection and
+    test mIoU; ESTA its training statistics, and for loss_batch the trained model and its task."""
+    run = f"{R}/{method}/{w.variant}/{w.task}/seed{w.seed}/tuning"
+    files = dict(
+        selection=f"{run}/stitch_accuracy_selection.csv",
+        test=f"{run}/stitch_accuracy_test.csv",
+        code=DENSE_CODE,
+    )
+    if method == "esta":
+        files["stats"] = f"{run}/importance.csv"
+    if score == "loss_batch":
+        files.update(
+            anchors=anchor_files(w),
+            stitch=esta_stitch_init("tuning")(w),
+            model=f"{run}/model.safetensors",
+            data=f"{R}/data/{w.task}/manifest.json",
+        )
+    return files
+
+
+def snnet_deploy_inputs(w):
+    """SN-Net's deployment: the selection accuracy of every stitch and the stitch table; a dense run's
+    split tables (dense_deploy_inputs)."""
+    if task_kind(w.task) == "seg":
+        return dense_deploy_inputs(w, "snnet", "evaluate")
+    return dict(
+        accuracy=f"{R}/snnet/{w.variant}/{w.task}/seed{w.seed}/tuning/stitch_accuracy_selection.csv",
+        stitches=f"{R}/tables/stitches.csv",
+        code=code("pareto"),
+    )
+
+
+def palette_inputs(w):
+    """What a run's palette reads beyond its model (model_inputs): for a classification task the test
+    accuracy of its deployed stitches and, where the palette's model is the tuning-mode one (retrain_final
+    off), of every stitch, the selection accuracy where measured (palette_selection) and the stitch
+    table; for a dense task every stitch's selection and test mIoU (evaluate_stitches)."""
+    run = run_dir(w)
+    files = dict(deployed=f"{run}/tuning/deployed.csv", data=f"{R}/data/{w.task}/manifest.json")
+    if task_kind(w.task) == "seg":
+        return dict(
+            files,
+            selection=f"{run}/tuning/stitch_accuracy_selection.csv",
+            test=f"{run}/tuning/stitch_accuracy_test.csv",
+        )
+    files.update(accuracy=f"{run}/test_accuracy.csv", stitches=f"{R}/tables/stitches.csv")
+    if eval_mode() == "tuning":
+        files["stitch_accuracy"] = f"{run}/tuning/stitch_accuracy_test.csv"
+    return dict(files, **palette_selection(w))
 
 
 def palette_selection(w):

@@ -10,6 +10,11 @@ PALETTE_CODE = code(
 PALETTE_SCHEMAS = SCHEMAS + ["esta/vit/palette.schema.json"]
 LLM_PALETTE_CODE = code("palette", "llm/palette", "__main__") + LLM_CODE
 LLM_PALETTE_SCHEMAS = SCHEMAS + ["esta/llm/palette.schema.json"]
+# a dense run's palette (task dense/<name>, kind seg, esta.vit.seg_palette): the same two rules
+SEG_PALETTE_CODE = code(
+    "palette", "vit/seg_palette", "vit/seg", "vit/seg_results", "vit/build", "__main__"
+)
+SEG_PALETTE_SCHEMAS = SCHEMAS + ["esta/vit/seg_palette.schema.json"]
 # palette_family: the entry point knows the families
 PROFILE_CODE = code("profile", "__main__")
 
@@ -33,8 +38,8 @@ rule palette_latency:
     """
     input:
         palette=f"{R}/{{method}}/{{variant}}/{{task}}/palette_unprofiled/seed{{seed}}",
-        schemas=PALETTE_SCHEMAS,
-        code=PALETTE_CODE + PROFILE_CODE,
+        schemas=per_kind(PALETTE_SCHEMAS, SEG_PALETTE_SCHEMAS),
+        code=per_kind(PALETTE_CODE + PROFILE_CODE, SEG_PALETTE_CODE + PROFILE_CODE),
     output:
         palette=directory(f"{R}/{{method}}/{{variant}}/{{task}}/palette/seed{{seed}}"),
         latency=f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/latency.csv",
@@ -57,26 +62,9 @@ rule palette:
     transform, anchors by sha256."""
     input:
         unpack(model_inputs),
-        # test accuracy of the deployed stitches and, where the palette's model is the tuning-mode
-        # one (retrain_final off), of every stitch
-        unpack(
-            lambda w: dict(
-                accuracy=f"{run_dir(w)}/test_accuracy.csv",
-                **(
-                    {
-                        "stitch_accuracy": f"{run_dir(w)}/tuning/stitch_accuracy_test.csv"
-                    }
-                    if eval_mode() == "tuning"
-                    else {}
-                ),
-            )
-        ),
-        unpack(palette_selection),
-        deployed=f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/tuning/deployed.csv",
-        stitches=f"{R}/tables/stitches.csv",
-        data=f"{R}/data/{{task}}/manifest.json",
-        schemas=PALETTE_SCHEMAS,
-        code=PALETTE_CODE,
+        unpack(palette_inputs),
+        schemas=per_kind(PALETTE_SCHEMAS, SEG_PALETTE_SCHEMAS),
+        code=per_kind(PALETTE_CODE, SEG_PALETTE_CODE),
     output:
         temp(
             directory(
@@ -99,7 +87,8 @@ rule palette:
         fgvc_interpolation=config["data"]["fgvc_interpolation"],
         mode=eval_mode(),
         bundle=config["palette"]["bundle"],
-        kind="vit",
+        kind=per_kind("vit", "seg"),
+        dense=dense_slice,
     script:
         "../scripts/palette_build.py"
 
@@ -213,75 +202,3 @@ rule storage_table:
         paper=dict(family_name="vit-ti-s-b", num_classes=100, rank=8),
     script:
         "../scripts/storage_table.py"
-
-
-# A dense run's palette (kind seg, esta.vit.seg_palette): the same two steps, the same scripts.
-SEG_PALETTE_CODE = code(
-    "palette", "vit/seg_palette", "vit/seg", "vit/build", "__main__"
-)
-SEG_PALETTE_SCHEMAS = SCHEMAS + ["esta/vit/seg_palette.schema.json"]
-
-
-rule dense_palette_latency:
-    """Every deployed stitch of a dense run's palette timed on this machine at the segmentation size
-    (esta.profile, as palette_latency); the palette with its latency columns."""
-    input:
-        palette=f"{R}/dense/{{method}}/{{dtask}}/seed{{seed}}/palette_unprofiled",
-        schemas=SEG_PALETTE_SCHEMAS,
-        code=SEG_PALETTE_CODE + PROFILE_CODE,
-    output:
-        palette=directory(f"{R}/dense/{{method}}/{{dtask}}/seed{{seed}}/palette"),
-        latency=f"{R}/dense/{{method}}/{{dtask}}/seed{{seed}}/latency.csv",
-    log:
-        f"{R}/logs/dense_palette_latency/{{method}}/{{dtask}}/seed{{seed}}.log",
-    benchmark:
-        f"{R}/benchmarks/dense_palette_latency/{{method}}/{{dtask}}/seed{{seed}}.tsv"
-    wildcard_constraints:
-        dtask="[a-z0-9_]+",
-    conda:
-        "../envs/esta.yaml"
-    threads: heavy_threads()
-    params:
-        torch_threads=config["threads"],
-        latency=config["palette"]["latency"],
-    script:
-        "../scripts/palette_latency.py"
-
-
-rule dense_palette:
-    """A dense run's palette before its latency is measured: task tensors (SETR heads included), the
-    stitch table with every stitch's selection and test mIoU, classes and their mask colours, the eval
-    transform, anchors by sha256."""
-    input:
-        anchors=dense_anchors,
-        stitch=f"{R}/dense/{{method}}/{{dtask}}/seed{{seed}}/stitch_init.safetensors",
-        model=f"{R}/dense/{{method}}/{{dtask}}/seed{{seed}}/model.safetensors",
-        deployed=f"{R}/dense/{{method}}/{{dtask}}/seed{{seed}}/deployed.csv",
-        stitches=f"{R}/dense/{{method}}/{{dtask}}/seed{{seed}}/stitches.csv",
-        data=f"{R}/dense/data/{{dtask}}/manifest.json",
-        schemas=SEG_PALETTE_SCHEMAS,
-        code=SEG_PALETTE_CODE,
-    output:
-        temp(
-            directory(
-                f"{R}/dense/{{method}}/{{dtask}}/seed{{seed}}/palette_unprofiled"
-            )
-        ),
-    log:
-        f"{R}/logs/dense_palette/{{method}}/{{dtask}}/seed{{seed}}.log",
-    benchmark:
-        f"{R}/benchmarks/dense_palette/{{method}}/{{dtask}}/seed{{seed}}.tsv"
-    wildcard_constraints:
-        dtask="[a-z0-9_]+",
-    conda:
-        "../envs/esta.yaml"
-    threads: heavy_threads()
-    params:
-        torch_threads=config["threads"],
-        family=FAMILY,
-        dense=DENSE,
-        esta=method_config("default")["esta"],
-        bundle=config["palette"]["bundle"],
-        kind="seg",
-    script:
-        "../scripts/palette_build.py"

@@ -9,7 +9,7 @@ rule snnet_adapt:
             else []
         ),
         data=f"{R}/data/{{task}}/manifest.json",
-        code=TRAIN_CODE,
+        code=per_kind(TRAIN_CODE, DENSE_CODE),
     output:
         weights=f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/adapt/anchor{{i}}.safetensors",
         info=f"{R}/{{method}}/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/adapt/anchor{{i}}.json",
@@ -25,7 +25,9 @@ rule snnet_adapt:
     params:
         torch_threads=config["threads"],
         family=FAMILY,
-        train=lambda w: method_config(w.variant)["snnet"]["adapt"],
+        train=per_kind(
+            lambda w: method_config(w.variant)["snnet"]["adapt"], DENSE["snnet"]["adapt"]
+        ),
         img_size=config["data"]["img_size"],
         num_workers=config["data"]["num_workers"],
         normalize=config["data"]["normalize"],
@@ -34,6 +36,7 @@ rule snnet_adapt:
         checkpoint_every_s=config["checkpoint_every_s"],
         ckpt_dir=lambda w: f"{R}/.checkpoints/{w.method}/{w.variant}/{w.task}/seed{w.seed}/{w.mode}/adapt{w.i}",
         evaluate_test=True,
+        dense=dense_slice,
     script:
         "../scripts/train_anchor.py"
 
@@ -47,7 +50,7 @@ rule snnet_stitch:
         ),
         stitch=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/stitch_init.safetensors",
         data=f"{R}/data/{{task}}/manifest.json",
-        code=TRAIN_CODE,
+        code=per_kind(TRAIN_CODE, DENSE_CODE),
     output:
         model=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/model.safetensors",
         history=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/{{mode}}/train_log.csv",
@@ -63,7 +66,9 @@ rule snnet_stitch:
         torch_threads=config["threads"],
         family=FAMILY,
         method=lambda w: method_config(w.variant)["snnet"],
-        train=lambda w: method_config(w.variant)["snnet"]["stitch"],
+        train=per_kind(
+            lambda w: method_config(w.variant)["snnet"]["stitch"], DENSE["snnet"]["train"]
+        ),
         sampler={"kind": "uniform"},
         img_size=config["data"]["img_size"],
         num_workers=config["data"]["num_workers"],
@@ -72,6 +77,7 @@ rule snnet_stitch:
         device=config["device"],
         checkpoint_every_s=config["checkpoint_every_s"],
         ckpt_dir=lambda w: f"{R}/.checkpoints/snnet/{w.variant}/{w.task}/seed{w.seed}/{w.mode}/stitch",
+        dense=dense_slice,
     script:
         "../scripts/train.py"
 
@@ -79,9 +85,7 @@ rule snnet_stitch:
 rule snnet_deploy:
     """SN-Net step 3: per FLOPs interval, the stitch most accurate on the selection split."""
     input:
-        accuracy=f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/tuning/stitch_accuracy_selection.csv",
-        stitches=f"{R}/tables/stitches.csv",
-        code=code("pareto"),
+        unpack(snnet_deploy_inputs),
     output:
         f"{R}/snnet/{{variant}}/{{task}}/seed{{seed}}/tuning/deployed.csv",
     log:
@@ -91,6 +95,6 @@ rule snnet_deploy:
     conda:
         "../envs/esta.yaml"
     params:
-        deploy=lambda w: method_config(w.variant)["deploy"],
+        deploy=per_kind(lambda w: method_config(w.variant)["deploy"], DENSE["deploy"]),
     script:
         "../scripts/deploy_by_accuracy.py"
