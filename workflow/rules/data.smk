@@ -33,11 +33,6 @@ rule prepare_data:
 REGISTER_CODE = code("vit/data", "vit/tasks", "vit/build")
 
 
-def dense_render_folder(w):
-    """The rendered folder of the embedded dense task; none for one under data_root."""
-    return [] if dense_task(w.task[len("dense/"):])["folder"] else f"{R}/data/{w.task}/scenes"
-
-
 rule dense_render:
     """The embedded dense task, rendered in ADE20K's layout (esta.vit.seg_data.write_dense_task)."""
     output:

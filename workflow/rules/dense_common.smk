@@ -30,10 +30,20 @@ for _t in DENSE["tasks"]:
     dense_task(_t)  # an unknown dense task fails before any job, listing the known ones
 
 
+def dense_render_folder(w):
+    """The rendered folder of the embedded dense task; none for one under data_root."""
+    return (
+        []
+        if dense_task(w.task[len("dense/") :])["folder"]
+        else f"{R}/data/{w.task}/scenes"
+    )
+
+
 def per_kind(cls, seg):
     """A param or input function: `cls` for a classification task, `seg` for a dense one; each a
     value or a function of the wildcards. With dense.enabled off, `cls` itself: the classification
-    rules plan as without dense tasks (no function per job for the DAG build, issue 32)."""
+    rules plan as without dense tasks (no function per job for the DAG build, issue 32).
+    """
     if not DENSE["enabled"]:
         return cls
 
@@ -97,7 +107,9 @@ def dense_cost_inputs():
     kw = dict(t=DENSE_TASKS, seed=DENSE["seeds"])
     bench = expand(f"{B}/snnet_adapt/{run}/tuning/anchor{{i}}.tsv", i=ANCHORS, **kw)
     bench += expand(f"{B}/ls_init/{{method}}/{run}/tuning.tsv", method=METHODS, **kw)
-    bench += expand(f"{B}/{{job}}/{run}/tuning.tsv", job=["train_esta", "snnet_stitch"], **kw)
+    bench += expand(
+        f"{B}/{{job}}/{run}/tuning.tsv", job=["train_esta", "snnet_stitch"], **kw
+    )
     bench += expand(
         f"{B}/evaluate_stitches/{{method}}/{run}/{{split}}.tsv",
         method=METHODS,

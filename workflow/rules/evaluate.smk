@@ -4,7 +4,8 @@ EVALUATE_CODE = code("vit/evaluate", "vit/build", "vit/data", "vit/tasks")
 rule evaluate_stitches:
     """Accuracy of every stitch of a tuning-mode model on the selection or the test split (SN-Net's
     `deploy` step; for ESTA only the selection ablation and the importance analysis); on a dense task
-    mIoU and pixel accuracy (esta.vit.seg_jobs.evaluate_split), which the tables and palettes read."""
+    mIoU and pixel accuracy (esta.vit.seg_jobs.evaluate_split), which the tables and palettes read.
+    """
     input:
         unpack(trained_model("tuning")),
         data=f"{R}/data/{{task}}/manifest.json",

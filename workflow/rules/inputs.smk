@@ -186,7 +186,9 @@ def trained_model(mode):
     """Input function: anchors, stitching layers and trained state of the `mode` model."""
 
     def inputs(w):
-        m = "tuning" if task_kind(w.task) == "seg" else mode  # a dense run has no final mode
+        m = (
+            "tuning" if task_kind(w.task) == "seg" else mode
+        )  # a dense run has no final mode
         d = f"{run_dir(w)}/{m}"
         if w.method == "esta":
             anchors = anchor_files(w)
@@ -311,7 +313,8 @@ def select_inputs(w):
 
 def dense_deploy_inputs(w, method, score):
     """What a dense run's deployment reads (esta.vit.seg_jobs.deploy_run): every stitch's selection and
-    test mIoU; ESTA its training statistics, and for loss_batch the trained model and its task."""
+    test mIoU; ESTA its training statistics, and for loss_batch the trained model and its task.
+    """
     run = f"{R}/{method}/{w.variant}/{w.task}/seed{w.seed}/tuning"
     files = dict(
         selection=f"{run}/stitch_accuracy_selection.csv",
@@ -346,16 +349,21 @@ def palette_inputs(w):
     """What a run's palette reads beyond its model (model_inputs): for a classification task the test
     accuracy of its deployed stitches and, where the palette's model is the tuning-mode one (retrain_final
     off), of every stitch, the selection accuracy where measured (palette_selection) and the stitch
-    table; for a dense task every stitch's selection and test mIoU (evaluate_stitches)."""
+    table; for a dense task every stitch's selection and test mIoU (evaluate_stitches).
+    """
     run = run_dir(w)
-    files = dict(deployed=f"{run}/tuning/deployed.csv", data=f"{R}/data/{w.task}/manifest.json")
+    files = dict(
+        deployed=f"{run}/tuning/deployed.csv", data=f"{R}/data/{w.task}/manifest.json"
+    )
     if task_kind(w.task) == "seg":
         return dict(
             files,
             selection=f"{run}/tuning/stitch_accuracy_selection.csv",
             test=f"{run}/tuning/stitch_accuracy_test.csv",
         )
-    files.update(accuracy=f"{run}/test_accuracy.csv", stitches=f"{R}/tables/stitches.csv")
+    files.update(
+        accuracy=f"{run}/test_accuracy.csv", stitches=f"{R}/tables/stitches.csv"
+    )
     if eval_mode() == "tuning":
         files["stitch_accuracy"] = f"{run}/tuning/stitch_accuracy_test.csv"
     return dict(files, **palette_selection(w))

@@ -26,7 +26,8 @@ rule snnet_adapt:
         torch_threads=config["threads"],
         family=FAMILY,
         train=per_kind(
-            lambda w: method_config(w.variant)["snnet"]["adapt"], DENSE["snnet"]["adapt"]
+            lambda w: method_config(w.variant)["snnet"]["adapt"],
+            DENSE["snnet"]["adapt"],
         ),
         img_size=config["data"]["img_size"],
         num_workers=config["data"]["num_workers"],
@@ -67,7 +68,8 @@ rule snnet_stitch:
         family=FAMILY,
         method=lambda w: method_config(w.variant)["snnet"],
         train=per_kind(
-            lambda w: method_config(w.variant)["snnet"]["stitch"], DENSE["snnet"]["train"]
+            lambda w: method_config(w.variant)["snnet"]["stitch"],
+            DENSE["snnet"]["train"],
         ),
         sampler={"kind": "uniform"},
         img_size=config["data"]["img_size"],
